@@ -1,0 +1,66 @@
+# MedSAE compendium. The README's two commands:
+#   make reproduce   set up (idempotent), then run the default reproduction offline
+#   make test        set up (idempotent), then run every notebook's tests (nbdev_test) and pytest
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/default.yaml
+# nothing downloads weights or data at run time
+OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 MPLBACKEND=Agg PYTHONHASHSEED=0
+STAMP := $(VENV)/.installed
+
+.PHONY: reproduce test setup assets export check-sync docs bench lock clean help
+
+help:
+	@echo "make reproduce [CONFIG=configs/default.yaml]  # the whole reproduction (offline by default)"
+	@echo "make test                                      # notebook tests + pytest"
+	@echo "other targets: setup assets export check-sync docs bench lock clean"
+
+# Set-up: the virtual environment from the lock, the package in editable mode, the offline assets.
+$(STAMP): requirements.lock setup.py settings.ini
+	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+setup: $(STAMP) assets
+
+assets: $(STAMP)
+	$(VENV)/bin/medsae assets fetch
+
+reproduce: setup
+	$(OFFLINE) $(VENV)/bin/medsae reproduce --config $(CONFIG)
+
+test: setup
+	$(OFFLINE) $(VENV)/bin/nbdev_test --n_workers 2 --timing
+	$(OFFLINE) $(PY) -m pytest -q tests
+
+# Notebooks are the source: export them into medsae/, or check that medsae/ is in sync with them.
+export: $(STAMP)
+	$(VENV)/bin/nbdev_export
+
+check-sync: $(STAMP)
+	$(VENV)/bin/nbdev_export
+	@git diff --quiet -- medsae || { echo "medsae/ differs from the notebooks: run make export and commit"; git diff --stat -- medsae; exit 1; }
+
+# Documentation site (needs Quarto, which cannot be installed on the project's machines; see README).
+docs: $(STAMP)
+	@command -v quarto >/dev/null || { echo "Quarto is not installed: see https://quarto.org; the site config is _quarto.yml"; exit 1; }
+	$(VENV)/bin/nbdev_docs
+
+bench: setup
+	@for b in scripts/bench_*.py; do echo "== $$b"; $(OFFLINE) $(PY) $$b; done
+
+# Re-resolve requirements.in into the exact lock (needs the package registry).
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install -q --upgrade pip && .venv-lock/bin/pip install -q -r requirements.in
+	{ echo "# Exact versions resolved from requirements.in with Python 3.11 (make lock). Installed by the Makefile and environment.yml."; \
+	  .venv-lock/bin/pip freeze --all --exclude-editable | grep -viE "^(pip|medsae)==" | sort -f; } > requirements.lock
+	rm -rf .venv-lock
+
+clean:
+	rm -rf runs _docs _proc .pytest_cache

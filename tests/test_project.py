@@ -1,0 +1,56 @@
+"The project's shape: notebooks and package in sync, site configuration, configs, README promises."
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import ROOT
+
+
+def test_nbdev_export_changes_nothing(tmp_path):
+    for name in ("nbs", "medsae"): shutil.copytree(ROOT / name, tmp_path / name, symlinks=True)
+    shutil.copy(ROOT / "settings.ini", tmp_path)
+    subprocess.run([str(Path(sys.executable).parent / "nbdev_export")], cwd=tmp_path, check=True)
+    for f in sorted((ROOT / "medsae").glob("*.py")):
+        assert (tmp_path / "medsae" / f.name).read_text() == f.read_text(), f"{f.name} is out of sync with nbs/"
+    assert sorted(p.name for p in (tmp_path / "medsae").glob("*.py")) == sorted(p.name for p in (ROOT / "medsae").glob("*.py"))
+
+
+def test_quarto_site_configuration():
+    q = yaml.safe_load((ROOT / "_quarto.yml").read_text())
+    assert q["project"]["type"] == "website"
+    nbs = ROOT / "nbs"
+    assert (nbs / "_quarto.yml").resolve() == (ROOT / "_quarto.yml").resolve()
+    for f in q["metadata-files"]: assert (nbs / f).exists(), f
+    assert (nbs / q["format"]["html"]["css"]).exists()
+    # the committed sidebar lists exactly the notebooks there are
+    from nbdev.quarto import nbdev_sidebar
+    import contextlib, io
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf): nbdev_sidebar(path=nbs, printit=True)
+    assert yaml.safe_load(buf.getvalue()) == yaml.safe_load((nbs / "sidebar.yml").read_text())
+
+
+def test_every_notebook_is_a_titled_chapter():
+    import json
+    for nb in sorted((ROOT / "nbs").glob("*.ipynb")):
+        cells = json.loads(nb.read_text())["cells"]
+        first = "".join(cells[0]["source"])
+        assert cells[0]["cell_type"] == "markdown" and first.startswith("# "), nb.name
+        assert not any(c.get("outputs") for c in cells if c["cell_type"] == "code"), f"{nb.name} has stored outputs"
+
+
+def test_shipped_configs_are_valid():
+    from medsae.config import load_config
+    d, p = load_config(ROOT / "configs" / "default.yaml"), load_config(ROOT / "configs" / "paper.yaml")
+    assert d.data.dataset == "phantom" and p.data.dataset == "chexpert" and p.naming.backend == "medgemma"
+    assert p.sae.expansion * 512 == 8192 and p.data.uncertain == "u_zeros"
+
+
+def test_readme_leads_with_the_two_commands():
+    text = (ROOT / "README.md").read_text()
+    assert "make reproduce" in text and "make test" in text
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in ci
