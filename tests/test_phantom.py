@@ -207,3 +207,12 @@ def test_cli_is_deterministic_across_worker_counts(tmp_path):
     assert a["images_sha256"] == b["images_sha256"] and a["tables_sha256"] == b["tables_sha256"]
     for f in ("train.csv", "ground_truth.csv", "reports.csv"):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+
+
+@pytest.mark.parametrize("name", list(FINDINGS))
+def test_moderate_findings_are_visible(an, name):
+    "At severity 0.5 every finding changes a visible patch of the 224 px image (> 8 grey levels on > 100 pixels)."
+    base, _ = _img(an, {})
+    for seed in range(3):
+        img, _ = _img(an, {name: 0.5}, seed=seed)
+        assert (np.abs(img.astype(float) - base) > 8).sum() > 100, (name, seed)
