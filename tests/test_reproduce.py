@@ -1,12 +1,16 @@
-"The default reproduction, as `make reproduce` runs it (small PhantomCXR sizes, into a temporary run folder)."
+"The default reproduction, as `make reproduce` runs it (small sizes, into a temporary run folder)."
 import json
+
+import numpy as np
 
 from conftest import ROOT, run_cli
 
 
 def test_reproduce_default(tmp_path):
     args = ["reproduce", "--config", ROOT / "configs" / "default.yaml", "--set", f"run.out_root={tmp_path}",
-            "--set", "phantom.n_train=120", "--set", "phantom.n_valid=20", "--set", "phantom.n_test=20",
+            "--set", "phantom.n_train=160", "--set", "phantom.n_valid=40", "--set", "phantom.n_test=40",
+            "--set", "encoder_training.epochs=2", "--set", "encoder_training.image_size=64",
+            "--set", "encoder_training.widths=[8,16,32,64]", "--set", "encoder_training.batch_size=32",
             "--figures", tmp_path / "figures"]
     out = run_cli(*args).stdout
     assert "reproduction finished" in out
@@ -14,11 +18,17 @@ def test_reproduce_default(tmp_path):
     prov = json.loads((run / "chexpert_labels" / "provenance.json").read_text())
     assert prov["record"]["balanced_subset"] > 0 and prov["record"]["chexpert_5x200"] == 1000
     ph = json.loads((run / "phantom" / "provenance.json").read_text())
-    assert ph["record"]["counts"] == {"train": 120, "valid": 20, "test": 20}
-    assert (run / "phantom" / "manifest.json").exists() and ph["outputs"]["PhantomCXR-v1.0/"]["files"] == 160
-    assert json.loads((run / "phantom_labels" / "provenance.json").read_text())["record"]["rows"] == 120
+    assert ph["record"]["counts"] == {"train": 160, "valid": 40, "test": 40}
+    assert (run / "phantom" / "manifest.json").exists() and ph["outputs"]["PhantomCXR-v1.0/"]["files"] == 240
+    assert json.loads((run / "phantom_labels" / "provenance.json").read_text())["record"]["rows"] == 160
+    enc = json.loads((run / "encoder" / "provenance.json").read_text())
+    assert set(enc["record"]["zero_shot_auroc"]) == set(enc["record"]["probe_auroc"]) and len(enc["record"]["probe_auroc"]) == 13
+    emb = json.loads((run / "embeddings" / "provenance.json").read_text())
+    assert emb["record"]["rows"] == 240 and emb["record"]["encoder"]["name"] == "medclip-phantom"
+    E = np.load(run / "embeddings" / "store" / "embeddings.npy")
+    assert E.shape == (240, 512) and np.allclose(np.linalg.norm(E, axis=1), 1, atol=1e-4)
     for f in ("chexpert_label_counts.png", "chexpert_label_counts.svg", "chexpert_label_counts.md",
-              "phantom_findings.png", "phantom_nuisance.png"):
+              "phantom_findings.png", "phantom_nuisance.png", "encoder_zero_shot_auroc.md"):
         assert (tmp_path / "figures" / f).stat().st_size > 0
-    again = run_cli(*args).stdout                       # unchanged config: the phantom stage is reused
-    assert "[phantom] up to date" in again
+    again = run_cli(*args).stdout                       # unchanged config: every stage is reused
+    for stage in ("phantom", "encoder", "extract"): assert f"[{stage}] up to date" in again

@@ -1,0 +1,95 @@
+"Extraction: a killed run resumes with no lost or duplicated rows; bad images are skipped; NaN stops with the ids."
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import ROOT
+from medsae.config import EncoderTrainingConfig, PhantomConfig
+from medsae.encoders import EncoderError
+from medsae.extract import EmbeddingStore, StoreError, extract
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    from medsae.phantomcxr import generate_phantom
+    d = tmp_path_factory.mktemp("ph")
+    generate_phantom(d / "p", PhantomConfig(n_train=360, n_valid=20, n_test=20, workers=2), seed=4, progress=False)
+    return d / "p"
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    "A randomly initialised default encoder saved as a checkpoint, so separate processes load the same weights."
+    from medsae.encoder_training import build_phantom_model, save_phantom_encoder
+    cfg = EncoderTrainingConfig(image_size=96, widths=[16, 32, 64, 128])
+    torch.manual_seed(0)
+    p = tmp_path_factory.mktemp("w") / "encoder.safetensors"
+    save_phantom_encoder(build_phantom_model(cfg), p, dict(training=cfg.model_dump(mode="json")))
+    return p
+
+
+def _extract_cmd(phantom, weights, out, extra=()):
+    exe = Path(sys.executable).parent / "medsae"
+    return [str(exe), "extract", "--data", str(phantom), "--out", str(out), "--encoder", "medclip-phantom",
+            "--weights", str(weights), "--batch-size", "8", "--workers", "0", "--device", "cpu", *extra]
+
+
+def test_killed_extraction_resumes_without_loss_or_duplication(tmp_path, phantom, weights):
+    clean = tmp_path / "clean"
+    subprocess.run(_extract_cmd(phantom, weights, clean), check=True, capture_output=True, timeout=600)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_extract_cmd(phantom, weights, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prog = killed / "progress-0-of-1.json"
+    t0 = time.time()
+    while time.time() - t0 < 300:
+        if prog.exists() and json.loads(prog.read_text())["rows_done"] >= 128: break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    done_at_kill = json.loads(prog.read_text())["rows_done"]
+    assert 0 < done_at_kill < 400, done_at_kill                    # really killed mid-way
+    assert not EmbeddingStore(killed).complete
+    with pytest.raises(StoreError, match="not complete"): EmbeddingStore(killed).split("train")
+    subprocess.run(_extract_cmd(phantom, weights, killed), check=True, capture_output=True, timeout=600)
+    a, b = EmbeddingStore(clean), EmbeddingStore(killed)
+    assert a.complete and b.complete
+    assert np.array_equal(a.embeddings(), b.embeddings())          # bit-identical, every row once
+    assert a.index().equals(b.index()) and a.ok().all()
+    assert a.meta["encoder"]["weights_sha256"] and a.meta["encoder"]["name"] == "medclip-phantom"
+
+
+def test_skipped_images_and_a_store_of_another_encoder(tmp_path, phantom, weights):
+    from medsae.encoders import build_encoder
+    enc = build_encoder("medclip-phantom", weights, device="cpu")
+    work = tmp_path / "p"
+    import shutil
+    shutil.copytree(phantom, work)
+    bad = pd.read_csv(work / "test.csv")["Path"].tolist()
+    (work / bad[0]).write_bytes(b"not a png")
+    (work / bad[1]).unlink()
+    store = extract(enc, work, tmp_path / "s", batch_size=16, progress=False)
+    sk = pd.read_csv(tmp_path / "s" / "skipped.csv")
+    assert sorted(sk["path"]) == sorted(bad[:2]) and store.meta["skipped"] == 2
+    X, rows = store.split("test")
+    assert len(X) == 18 and not set(bad[:2]) & set(rows["Path"])
+    other = build_encoder("openclip:RN50", device="cpu")
+    with pytest.raises(StoreError, match="another encoder"): extract(other, work, tmp_path / "s", progress=False)
+
+
+def test_nan_embeddings_stop_with_the_image_ids(tmp_path, phantom, weights):
+    from medsae.encoders import build_encoder
+    enc = build_encoder("medclip-phantom", weights, device="cpu")
+    real = enc.encode_images
+    def broken(x):
+        e = real(x); e[1] = float("nan"); return e
+    enc.encode_images = broken
+    with pytest.raises(EncoderError, match="patient00002"):
+        extract(enc, phantom, tmp_path / "s", splits=("train",), batch_size=8, progress=False)
