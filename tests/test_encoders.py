@@ -1,5 +1,6 @@
 "Encoders: official MedCLIP checkpoints at full size, safe loading, clear errors, the Encoder interface."
 import io
+import math
 import pickle
 import zipfile
 
@@ -10,6 +11,18 @@ import torch
 from medsae.encoders import (EncoderError, MedCLIPEncoder, MedCLIPModel, MedCLIPTextBert, MedCLIPVisionResNet,
                              MedCLIPVisionSwin, build_encoder, build_medclip, load_official_weights, read_checkpoint,
                              save_official_zip)
+
+
+def tiny_tokenizer(words):
+    "A word-level fast tokenizer built offline (the real MedCLIP uses Bio_ClinicalBERT's)."
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                   sep_token="[SEP]"), len(vocab)
 
 
 def test_full_size_resnet50_official_zip_round_trip(tmp_path):
@@ -73,14 +86,13 @@ def test_unknown_encoder_lists_the_valid_ones():
 
 
 def test_medclip_text_with_a_local_tokenizer(tmp_path):
-    from transformers import BertConfig, BertTokenizerFast
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "no", "pleural", "effusion", "edema", "."]
-    (tmp_path / "vocab.txt").write_text("\n".join(vocab))
-    tok = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"), do_lower_case=True)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
+    from transformers import BertConfig
+    tok, nv = tiny_tokenizer(["no", "pleural", "effusion", "edema", "."])
+    assert tok(["pleural effusion"])["input_ids"][0] == [2, 5, 6, 3]
+    cfg = BertConfig(vocab_size=nv, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
     enc = MedCLIPEncoder(MedCLIPModel(MedCLIPVisionResNet("small", widths=(8, 16, 32, 64)), MedCLIPTextBert(cfg)), "t", tok,
                          image_size=64)
-    t = enc.encode_texts(["pleural effusion", "no pleural effusion ."])
+    t = enc.encode_texts(["pleural effusion", "pleural edema"])
     assert t.shape == (2, 512) and torch.allclose(t.norm(dim=1), torch.ones(2), atol=1e-5)
     assert not torch.allclose(t[0], t[1])
 
@@ -93,3 +105,31 @@ def test_image_preprocessing_handles_sizes_and_channels():
                 rng.integers(0, 65535, (77, 77), dtype=np.uint16)]:
         x = enc.preprocess(Image.fromarray(arr))
         assert x.shape == (1, 96, 96) and torch.isfinite(x).all()
+
+
+def test_the_training_loop_fine_tunes_a_bert_medclip(tmp_path):
+    "train_medclip is the same code for the real MedCLIP: a BERT text tower fed token ids, a ResNet vision tower."
+    from transformers import BertConfig
+    from medsae.config import EncoderTrainingConfig
+    from medsae.encoder_training import train_medclip
+    words = ["effusion", "edema", "cardiomegaly", "normal"]
+    tok, nv = tiny_tokenizer(words)
+    cfg = BertConfig(vocab_size=nv, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
+    torch.manual_seed(0)
+    model = MedCLIPModel(MedCLIPVisionResNet("small", widths=(8, 16, 32, 64)), MedCLIPTextBert(cfg))
+    n = 64
+    labels = torch.zeros(n, 4); labels[torch.arange(n), torch.arange(n) % 4] = 1
+    images = torch.randn(n, 1, 32, 32) * 0.1 + labels.argmax(1).float()[:, None, None, None]   # class-coded brightness
+    texts = [words[i % 4] for i in range(n)]
+    tokens = tok(texts, padding=True, return_tensors="pt")
+    log = train_medclip(model, images, labels, lambda idx: (tokens["input_ids"][idx], tokens["attention_mask"][idx]),
+                        EncoderTrainingConfig(epochs=80, batch_size=16, lr=5e-3), progress=False)
+    # MedCLIP's soft targets are softmax(Y Y^T): in a batch of 16 with 4 of each class, a row puts e/(4e+12) on each
+    # same-class text, so the loss can fall no lower than the targets' entropy; training must get close to it
+    import torch.nn.functional as F
+    yb = torch.eye(4).repeat(4, 1)
+    t = F.softmax(yb @ yb.t(), 1)
+    floor = float(-(t * t.log()).sum(1).mean())
+    losses = [l["loss"] for l in log]
+    assert 2.6 < floor < 2.7 and losses[-1] - floor < 0.3 * (losses[0] - floor), (floor, losses)
+    assert model.text_model.projection_head.weight.grad is not None       # the text tower was trained too

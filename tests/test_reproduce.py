@@ -11,6 +11,8 @@ def test_reproduce_default(tmp_path):
             "--set", "phantom.n_train=160", "--set", "phantom.n_valid=40", "--set", "phantom.n_test=40",
             "--set", "encoder_training.epochs=2", "--set", "encoder_training.image_size=64",
             "--set", "encoder_training.widths=[8,16,32,64]", "--set", "encoder_training.batch_size=32",
+            "--set", "sae.expansion=2", "--set", "sae.epochs=3", "--set", "sae.batch_size=64", "--set", "sae.l1=1.0",
+            "--set", "sae.sweep_expansion=[1,2]", "--set", "sae.sweep_l1=[1.0]", "--set", "sae.sweep_epochs=2",
             "--figures", tmp_path / "figures"]
     out = run_cli(*args).stdout
     assert "reproduction finished" in out
@@ -27,8 +29,12 @@ def test_reproduce_default(tmp_path):
     assert emb["record"]["rows"] == 240 and emb["record"]["encoder"]["name"] == "medclip-phantom"
     E = np.load(run / "embeddings" / "store" / "embeddings.npy")
     assert E.shape == (240, 512) and np.allclose(np.linalg.norm(E, axis=1), 1, atol=1e-4)
+    sae = json.loads((run / "sae" / "provenance.json").read_text())["record"]
+    assert sae["sae"]["m"] == 1024 and 0 < sae["valid"]["fve"] <= 1 and sae["sweep_models"] == 2
+    assert (run / "sae" / "saelens" / "cfg.json").exists() and (run / "sae" / "hub" / "README.md").exists()
     for f in ("chexpert_label_counts.png", "chexpert_label_counts.svg", "chexpert_label_counts.md",
-              "phantom_findings.png", "phantom_nuisance.png", "encoder_zero_shot_auroc.md"):
+              "phantom_findings.png", "phantom_nuisance.png", "encoder_zero_shot_auroc.md", "sae_sweep.md",
+              "sae_sweep_pareto.png", "sae_training_curve.png"):
         assert (tmp_path / "figures" / f).stat().st_size > 0
     again = run_cli(*args).stdout                       # unchanged config: every stage is reused
-    for stage in ("phantom", "encoder", "extract"): assert f"[{stage}] up to date" in again
+    for stage in ("phantom", "encoder", "extract", "sae"): assert f"[{stage}] up to date" in again
