@@ -46,8 +46,9 @@ try:
     from dictionary_learning.trainers.standard import StandardTrainer
     from dictionary_learning.dictionary import AutoEncoder
     def run():
-        tr = StandardTrainer(dict_class=AutoEncoder, activation_dim=d, dict_size=m, lr=3e-4, l1_penalty=3.0,
-                             warmup_steps=1, resample_steps=None, device="cpu", layer=0, lm_name="bench")
+        tr = StandardTrainer(steps=S, dict_class=AutoEncoder, activation_dim=d, dict_size=m, lr=3e-4, l1_penalty=3.0,
+                             warmup_steps=1, sparsity_warmup_steps=1, resample_steps=None, device="cpu", layer=0,
+                             lm_name="bench")
         for i in range(S): tr.update(i, X[(i * B) % len(X):][:B])
     print(f"dictionary_learning StandardTrainer {rate(run):.1f}")
 except Exception as e: print(f"# dictionary_learning unavailable: {type(e).__name__}: {str(e)[:200]}")
