@@ -31,6 +31,7 @@ def test_reproduce_default(tmp_path):
     assert E.shape == (240, 512) and np.allclose(np.linalg.norm(E, axis=1), 1, atol=1e-4)
     sae = json.loads((run / "sae" / "provenance.json").read_text())["record"]
     assert sae["sae"]["m"] == 1024 and -10 < sae["valid"]["fve"] <= 1 and sae["sweep_models"] == 2  # a few steps: any FVE
+    assert isinstance(sae["sweep_rule_met"], bool) and (sae["sweep_rule_met"] or "sparsest" in sae["sweep_rule"])
     assert (run / "sae" / "saelens" / "cfg.json").exists() and (run / "sae" / "hub" / "README.md").exists()
     for f in ("chexpert_label_counts.png", "chexpert_label_counts.svg", "chexpert_label_counts.md",
               "phantom_findings.png", "phantom_nuisance.png", "encoder_zero_shot_auroc.md", "sae_sweep.md",
