@@ -37,5 +37,7 @@ def test_reproduce_default(tmp_path):
               "phantom_findings.png", "phantom_nuisance.png", "encoder_zero_shot_auroc.md", "sae_sweep.md",
               "sae_sweep_pareto.png", "sae_training_curve.png"):
         assert (tmp_path / "figures" / f).stat().st_size > 0
+    (tmp_path / "figures" / "phantom_findings.png").unlink()
     again = run_cli(*args).stdout                       # unchanged config: every stage is reused
     for stage in ("phantom", "encoder", "extract", "sae"): assert f"[{stage}] up to date" in again
+    assert (tmp_path / "figures" / "phantom_findings.png").exists()   # a deleted figure is drawn again
