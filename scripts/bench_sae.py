@@ -23,6 +23,7 @@ ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--d", type=int, default=512)
 ap.add_argument("--m", type=int, default=8192)
 ap.add_argument("--batch", type=int, default=1024)
+ap.add_argument("--device", default="cpu", help="cpu or cuda (peers run on the CPU only)")
 ap.add_argument("--peer-python", help="a throwaway venv's python with sae-lens / dictionary-learning, run on the same data")
 args = ap.parse_args()
 torch.set_num_threads(args.threads)
@@ -32,17 +33,22 @@ X = (torch.randn(B * 16, 64) @ torch.randn(64, d)).relu() + 0.1 * torch.randn(B 
 X = X / X.norm(dim=1, keepdim=True)                                                       # like CLIP embeddings
 flops = 10 * B * d * m
 
+dev = torch.device(args.device)
+def sync():
+    if dev.type == "cuda": torch.cuda.synchronize()
+
 def median_rate(fn):
     rates = []
     for _ in range(args.repeats):
-        t = time.perf_counter(); fn(); rates.append(S * B / (time.perf_counter() - t))
+        sync(); t = time.perf_counter(); fn(); sync(); rates.append(S * B / (time.perf_counter() - t))
     return statistics.median(rates)
 
 results = {}
 # (1) ours (same normalised data as the bare loop and the peers: centred, E||x||^2 = d)
 from medsae.config import SAEConfig
 from medsae.sae_training import evaluate_sae, train_sae
-cfg = SAEConfig(arch="relu", expansion=m // d, l1=3.0, batch_size=B, max_steps=S, log_every=S, threads=args.threads)
+cfg = SAEConfig(arch="relu", expansion=m // d, l1=3.0, batch_size=B, max_steps=S, log_every=S, threads=args.threads,
+                device=args.device)
 ours = {}
 def run_ours():
     s, _ = train_sae(X, cfg, progress=False); ours["sae"] = s
@@ -52,11 +58,11 @@ q = evaluate_sae(ours["sae"], X)
 # (2) bare torch loop: same model, autograd, Adam, unit-norm decoder, no metrics
 def run_bare():
     torch.manual_seed(0)
-    W_enc = torch.nn.Parameter(torch.empty(d, m)); torch.nn.init.kaiming_uniform_(W_enc)
-    W_dec = torch.nn.Parameter(F.normalize(torch.randn(m, d), dim=1)); b_enc = torch.nn.Parameter(torch.zeros(m))
-    b_dec = torch.nn.Parameter(torch.zeros(d))
+    W_enc = torch.nn.Parameter(torch.nn.init.kaiming_uniform_(torch.empty(d, m)).to(dev))
+    W_dec = torch.nn.Parameter(F.normalize(torch.randn(m, d), dim=1).to(dev))
+    b_enc = torch.nn.Parameter(torch.zeros(m, device=dev)); b_dec = torch.nn.Parameter(torch.zeros(d, device=dev))
     opt = torch.optim.Adam([W_enc, W_dec, b_enc, b_dec], lr=3e-4)
-    x_all = (X - X.mean(0)) * (d / ((X - X.mean(0)) ** 2).sum(1).mean()) ** 0.5
+    x_all = ((X - X.mean(0)) * (d / ((X - X.mean(0)) ** 2).sum(1).mean()) ** 0.5).to(dev)
     for i in range(S):
         xb = x_all[(i * B) % len(x_all):][:B]
         f = F.relu((xb - b_dec) @ W_enc + b_enc)
@@ -68,14 +74,14 @@ def run_bare():
 results["bare torch loop"] = median_rate(run_bare)
 
 # (3) the matmul bound: the five GEMMs of one step
-A, We, Wd, G, Fm = torch.randn(B, d), torch.randn(d, m), torch.randn(m, d), torch.randn(B, d), torch.randn(B, m)
+A, We, Wd, G, Fm = (torch.randn(*s, device=dev) for s in [(B, d), (d, m), (m, d), (B, d), (B, m)])
 def gemms():
     for _ in range(S):
         torch.mm(A, We); torch.mm(Fm, Wd); torch.mm(G, Wd.t()); torch.mm(Fm.t(), G); torch.mm(A.t(), Fm)
 results["matmul bound (5 GEMMs)"] = median_rate(gemms)
 
 # (4) peers, in a throwaway venv's interpreter (they are not in the project's lock), same data and shapes
-if args.peer_python:
+if args.peer_python and dev.type == "cpu":
     import subprocess
     from pathlib import Path
     r = subprocess.run([args.peer_python, str(Path(__file__).with_name("bench_sae_peers.py")), "--steps", str(S),
@@ -86,7 +92,7 @@ if args.peer_python:
         name, v = line.rsplit(" ", 1); results[name] = float(v)
     if r.returncode: print(r.stderr[-500:])
 
-print(f"d={d} m={m} batch={B} steps={S} threads={torch.get_num_threads()} (median of {args.repeats})")
+print(f"d={d} m={m} batch={B} steps={S} device={dev} threads={torch.get_num_threads()} (median of {args.repeats})")
 bound = results["matmul bound (5 GEMMs)"]
 for k, v in results.items():
     print(f"{k:28s} {v:9.0f} samples/s  {v * flops / B / 1e9:7.1f} GFLOP/s  {100 * v / bound:5.1f}% of the matmul bound")
