@@ -84,7 +84,7 @@ results["matmul bound (5 GEMMs)"] = median_rate(gemms)
 if args.peer_python and dev.type == "cpu":
     import subprocess
     from pathlib import Path
-    r = subprocess.run([args.peer_python, str(Path(__file__).with_name("bench_sae_peers.py")), "--steps", str(S),
+    r = subprocess.run([args.peer_python, str(Path(__file__).with_name("sae_peers.py")), "--steps", str(S),
                         "--repeats", str(args.repeats), "--threads", str(args.threads), "--d", str(d), "--m", str(m),
                         "--batch", str(B)], capture_output=True, text=True)
     for line in r.stdout.splitlines():

@@ -1,7 +1,7 @@
 """Peer SAE trainers on the data and shapes of scripts/bench_sae.py; run with a throwaway venv's python that has
 `sae-lens` and/or `dictionary-learning` (they are not in the project's lock). Prints `name samples/s` lines.
 
-    /path/to/peer-venv/bin/python scripts/bench_sae_peers.py --steps 60 --repeats 3 --threads 2
+    /path/to/peer-venv/bin/python scripts/sae_peers.py --steps 60 --repeats 3 --threads 2
 """
 import argparse
 import statistics
