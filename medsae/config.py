@@ -31,6 +31,8 @@ CHEXPERT_COMPETITION5: tuple[str, ...] = ("Atelectasis", "Cardiomegaly", "Consol
 LABEL_SETS: dict[str, tuple[str, ...]] = {
     "chexpert14": CHEXPERT_LABELS,
     "chexpert5": CHEXPERT_COMPETITION5,
+    "paper8": ("No Finding", "Cardiomegaly", "Lung Lesion", "Edema", "Pneumonia", "Pneumothorax", "Pleural Effusion",
+               "Support Devices"),
 }
 "Named label sets; every result records the name *and* the list it resolved to."
 
@@ -173,7 +175,25 @@ class SAEConfig(_Section):
 class MetricsConfig(_Section):
     "Monosemanticity metrics."
     entropy_threshold: float = Field(0.2, ge=0, le=1, description="Latents with max |r| above this enter the entropy.")
-    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for 95% intervals.")
+    labels: str | list[str] | None = Field(None, description="Label set of the metrics (a name or a list); "
+                                           "null: `data.labels`. Always recorded with the list it resolved to.")
+    split: str = Field("test", description="Split the metrics are computed on (names come from `train`, their "
+                                           "evaluation from `valid`).")
+    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples (by image, seeded) for 95% intervals.")
+    permutations: int = Field(200, ge=0, description="Label permutations of the null distribution.")
+    detector_top: float = Field(0.30, gt=0, lt=1, description="A latent 'fires' on the top fraction of its positive "
+                                                              "activations (the published detector rule).")
+    ms_sample: int = Field(2000, ge=10, description="Images sampled for the Monosemanticity Score (Pach et al.).")
+    recovery_auroc: float = Field(0.9, gt=0.5, le=1, description="PhantomCXR: a concept is recovered by a latent "
+                                                                "with at least this AUROC ...")
+    recovery_margin: float = Field(0.1, ge=0, le=0.5, description="... whose AUROC on every other concept is lower "
+                                                                 "by at least this margin (a dedicated latent).")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v):
+        if v is not None: resolve_labels(v)
+        return v
 
 class NamingConfig(_Section):
     "Automated naming of latents."
@@ -199,6 +219,11 @@ class Config(_Section):
 
     @property
     def label_names(self) -> tuple[str, ...]: return resolve_labels(self.data.labels)
+
+    @property
+    def metric_labels(self) -> tuple[str, ...]:
+        "The label set of the monosemanticity metrics (`metrics.labels`, else `data.labels`)."
+        return resolve_labels(self.metrics.labels if self.metrics.labels is not None else self.data.labels)
 
 # %% ../nbs/00_config.ipynb #0bd4f7ac
 class ConfigError(ValueError):
