@@ -196,12 +196,43 @@ class MetricsConfig(_Section):
         return v
 
 class NamingConfig(_Section):
-    "Automated naming of latents."
-    backend: Literal["medgemma", "openai", "vocabulary", "enrichment"] = Field(
-        "vocabulary", description="Namer backend.")
-    model: str = Field("google/medgemma-4b-it", description="Hub id or local path of the vision-language model.")
+    "Automated naming of latents and the evaluation of the names."
+    namers: list[Literal["medgemma", "openai", "vocabulary", "enrichment"]] = Field(
+        ["vocabulary", "enrichment"], min_length=1, description="Namers to run: `vocabulary` and `enrichment` are "
+        "offline; `medgemma` runs a Gemma 3 model through transformers; `openai` asks a chat-completions server.")
+    judge: Literal["text", "medgemma", "openai"] = Field(
+        "text", description="Judge of the naming evaluation: `text` (offline: the encoder's text tower ranks the "
+        "images by similarity to the name) or a vision-language model.")
+    model: str = Field("google/medgemma-4b-it", description="Hub id or local path of the vision-language model "
+                                                            "(or the model name a server knows).")
+    split: str = Field("train", description="Split whose images name the latents.")
+    eval_split: str = Field("valid", description="Split of the naming evaluation.")
     min_active: int = Field(60, ge=1, description="Only latents active on more than this many images are named.")
-    n_examples: int = Field(30, ge=1, description="Images shown per latent (15 top + 15 bottom of the top two thirds).")
+    n_examples: int = Field(30, ge=2, description="Images shown per latent (15 top + 15 bottom of the top two thirds).")
+    selection: Literal["paper", "quantile"] = Field("paper", description="Example selection: the paper's rule or "
+                                                                         "even sampling over activation quantiles.")
+    max_latents: int | None = Field(None, ge=1, description="Name at most this many eligible latents (the most "
+                                    "active first); null: all. VLM namers are slow: a few hundred is a GPU hour.")
+    enrichment_top: int = Field(100, ge=5, description="Top activating images the enrichment namer compares.")
+    eval_units: int = Field(64, ge=1, description="Units of each kind (SAE, raw) whose names are evaluated: the best "
+                                                  "unit of each label first, then a seeded sample.")
+    eval_positive: int = Field(30, ge=1, description="Activating validation images per evaluated unit (its top ones).")
+    eval_negative: int = Field(30, ge=1, description="Non-activating validation images per evaluated unit (random).")
+    images_per_prompt: int = Field(5, ge=1, description="Images per judge prompt (the paper: 5).")
+    correct_similarity: float = Field(0.3, ge=0, le=1, description="PhantomCXR: a name is correct when its nearest "
+                                      "concept (sentence similarity to the concept's phrases) is the latent's "
+                                      "ground-truth concept and the similarity is at least this.")
+    device: str = Field("auto", description="Device of the transformers backend.")
+    dtype: str = Field("auto", description="`auto` (bfloat16 on CUDA, float32 on CPU), `bfloat16`, `float16`, `float32`.")
+    load_in_4bit: bool = Field(False, description="4-bit weights (bitsandbytes, CUDA only), as in the paper.")
+    max_new_tokens: int = Field(300, ge=1, description="Generated tokens per answer (greedy decoding).")
+    batch_size: int = Field(4, ge=1, description="Prompts per generation batch (transformers backend).")
+    base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="Environment variable that holds the server's API "
+                                                                  "key (the key itself is never written anywhere).")
+    timeout: float = Field(120.0, gt=0, description="Seconds per server request.")
+    retries: int = Field(3, ge=0, description="Retries of a failed server request (exponential backoff).")
+    concurrency: int = Field(4, ge=1, description="Server requests in flight at once.")
 
 class Config(_Section):
     "The whole configuration of a run."

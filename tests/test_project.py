@@ -45,7 +45,7 @@ def test_every_notebook_is_a_titled_chapter():
 def test_shipped_configs_are_valid():
     from medsae.config import load_config
     d, p = load_config(ROOT / "configs" / "default.yaml"), load_config(ROOT / "configs" / "paper.yaml")
-    assert d.data.dataset == "phantom" and p.data.dataset == "chexpert" and p.naming.backend == "medgemma"
+    assert d.data.dataset == "phantom" and p.data.dataset == "chexpert" and "medgemma" in p.naming.namers and p.naming.judge == "medgemma"
     assert p.sae.expansion * 512 == 8192 and p.data.uncertain == "u_zeros"
 
 
