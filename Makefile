@@ -32,7 +32,7 @@ assets: $(STAMP)
 	$(VENV)/bin/medsae assets fetch
 
 reproduce: setup
-	$(OFFLINE) $(VENV)/bin/medsae reproduce --config $(CONFIG)
+	$(OFFLINE) $(VENV)/bin/medsae pipeline --config $(CONFIG)
 
 test: setup
 	$(OFFLINE) $(VENV)/bin/nbdev_test --n_workers 2 --timing

@@ -179,6 +179,9 @@ class MetricsConfig(_Section):
                                            "null: `data.labels`. Always recorded with the list it resolved to.")
     split: str = Field("test", description="Split the metrics are computed on (names come from `train`, their "
                                            "evaluation from `valid`).")
+    subset_per_class: int | None = Field(None, ge=1, description="Restrict the metric images to the paper's balanced "
+                                         "subset of the split (a seeded walk capping each label at this many "
+                                         "positives; the paper: 200 on CheXpert train); null: every image.")
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples (by image, seeded) for 95% intervals.")
     permutations: int = Field(200, ge=0, description="Label permutations of the null distribution.")
     detector_top: float = Field(0.30, gt=0, lt=1, description="A latent 'fires' on the top fraction of its positive "
