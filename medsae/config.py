@@ -222,6 +222,8 @@ class NamingConfig(_Section):
     eval_positive: int = Field(30, ge=1, description="Activating validation images per evaluated unit (its top ones).")
     eval_negative: int = Field(30, ge=1, description="Non-activating validation images per evaluated unit (random).")
     images_per_prompt: int = Field(5, ge=1, description="Images per judge prompt (the paper: 5).")
+    prompt_grid: bool = Field(False, description="Show a VLM namer the examples as one grid image instead of one "
+                                                 "image each (the paper: one each).")
     correct_similarity: float = Field(0.3, ge=0, le=1, description="PhantomCXR: a name is correct when its nearest "
                                       "concept (sentence similarity to the concept's phrases) is the latent's "
                                       "ground-truth concept and the similarity is at least this.")

@@ -31,6 +31,24 @@ def test_quarto_site_configuration():
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf): nbdev_sidebar(path=nbs, printit=True)
     assert yaml.safe_load(buf.getvalue()) == yaml.safe_load((nbs / "sidebar.yml").read_text())
+    # every page the sidebar and the navbar name exists (the results page through its link)
+    pages = yaml.safe_load((nbs / "sidebar.yml").read_text())["website"]["sidebar"]["contents"]
+    pages += [e["href"] for e in q["website"]["navbar"].get("left", [])]
+    for page in pages: assert (nbs / page).exists(), page
+    assert (nbs / "results.md").resolve() == (ROOT / "RESULTS.md").resolve()
+    assert "figures/" in (ROOT / "RESULTS.md").read_text() and (nbs / "figures").resolve() == (ROOT / "figures").resolve()
+
+
+def test_pipeline_notebooks_are_numbered_and_take_parameters():
+    import json
+    nbs = sorted((ROOT / "nbs" / "_pipeline").glob("*.ipynb"))
+    assert [p.name[:3] for p in nbs] == [f"{i:02d}_" for i in range(1, len(nbs) + 1)] and len(nbs) >= 8
+    for p in nbs:
+        cells = json.loads(p.read_text())["cells"]
+        assert "".join(cells[0]["source"]).startswith("# "), p.name
+        params = [c for c in cells if "parameters" in c["metadata"].get("tags", [])]
+        assert len(params) == 1 and "config =" in "".join(params[0]["source"]), p.name
+        assert not any(c.get("outputs") for c in cells if c["cell_type"] == "code"), f"{p.name} has stored outputs"
 
 
 def test_every_notebook_is_a_titled_chapter():

@@ -1,4 +1,5 @@
-"The default reproduction, as `make reproduce` runs it (small sizes, into a temporary run folder)."
+"""The default reproduction as `make reproduce` runs it (the Papermill pipeline notebooks, small sizes, into a
+temporary run folder), then `medsae reproduce` (no Jupyter) on the same run: every stage reused."""
 import json
 
 import numpy as np
@@ -13,9 +14,17 @@ def test_reproduce_default(tmp_path):
             "--set", "encoder_training.widths=[8,16,32,64]", "--set", "encoder_training.batch_size=32",
             "--set", "sae.expansion=2", "--set", "sae.epochs=3", "--set", "sae.batch_size=64", "--set", "sae.l1=1.0",
             "--set", "sae.sweep_expansion=[1,2]", "--set", "sae.sweep_l1=[1.0]", "--set", "sae.sweep_epochs=2",
+            "--set", "metrics.bootstrap=50", "--set", "metrics.permutations=5", "--set", "naming.min_active=5",
+            "--set", "naming.eval_positive=5", "--set", "naming.eval_negative=5", "--set", "naming.eval_units=6",
             "--figures", tmp_path / "figures"]
-    out = run_cli(*args).stdout
-    assert "reproduction finished" in out
+    out = run_cli("pipeline", *args[1:]).stdout
+    assert "pipeline finished" in out
+    nbs = sorted((tmp_path / "default" / "notebooks").glob("*.ipynb"))
+    assert [p.name[:2] for p in nbs] == ["01", "02", "03", "04", "05", "06", "07", "08", "09"]
+    for p in nbs:                                      # executed, parameters injected, no error output
+        nb = json.loads(p.read_text())
+        assert any("injected-parameters" in c["metadata"].get("tags", []) for c in nb["cells"])
+        assert not [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     run = tmp_path / "default"
     prov = json.loads((run / "chexpert_labels" / "provenance.json").read_text())
     assert prov["record"]["balanced_subset"] > 0 and prov["record"]["chexpert_5x200"] == 1000
@@ -37,7 +46,25 @@ def test_reproduce_default(tmp_path):
               "phantom_findings.png", "phantom_nuisance.png", "encoder_zero_shot_auroc.md", "sae_sweep.md",
               "sae_sweep_pareto.png", "sae_training_curve.png"):
         assert (tmp_path / "figures" / f).stat().st_size > 0
+    # metrics, naming, naming evaluation, report
+    met = json.loads((run / "metrics" / "summary.json").read_text())
+    assert met["labels"][0] == "No Finding" and len(met["labels"]) == 14 and met["policy"]["uncertain"] == "u_zeros"
+    assert set(met["comparison"]) == {"raw", "sae", "sae - raw"} and met["ground_truth"]["concepts"] > 10
+    names = (tmp_path / "figures" / "naming_names.csv").read_text()
+    assert "vocabulary" in names and "enrichment" in names
+    ne = json.loads((run / "naming_eval" / "provenance.json").read_text())["record"]
+    assert ne["judge"] == "text" and "correctness" in ne
+    page = (tmp_path / "figures" / "RESULTS.md").read_text()
+    assert "2.38" in page and "PhantomCXR" in page and "NOT CheXpert" in page
+    for f in ("metrics_monosemanticity.md", "metrics_entropy_hist.png", "metrics_correlation_heatmap.png",
+              "metrics_concept_recovery.png", "naming_named_latents.md", "naming_eval_naming_accuracy.png",
+              "report_decoder_umap.png"):
+        assert (tmp_path / "figures" / f).stat().st_size > 0, f
     (tmp_path / "figures" / "phantom_findings.png").unlink()
-    again = run_cli(*args).stdout                       # unchanged config: every stage is reused
-    for stage in ("phantom", "encoder", "extract", "sae"): assert f"[{stage}] up to date" in again
+    again = run_cli(*args).stdout                       # `medsae reproduce`, unchanged config: every stage is reused
+    for stage in ("phantom", "encoder", "extract", "sae", "activations", "metrics", "naming", "naming-eval", "report"):
+        assert f"[{stage}] up to date" in again, stage
     assert (tmp_path / "figures" / "phantom_findings.png").exists()   # a deleted figure is drawn again
+    changed = run_cli(*args, "--set", "metrics.entropy_threshold=0.25").stdout   # one parameter: only downstream reruns
+    for stage in ("phantom", "encoder", "extract", "sae", "activations"): assert f"[{stage}] up to date" in changed
+    assert "[metrics] up to date" not in changed and "[report] up to date" not in changed
