@@ -48,7 +48,8 @@ def test_reproduce_default(tmp_path):
         assert (tmp_path / "figures" / f).stat().st_size > 0
     # metrics, naming, naming evaluation, report
     met = json.loads((run / "metrics" / "summary.json").read_text())
-    assert met["labels"][0] == "No Finding" and len(met["labels"]) == 14 and met["policy"]["uncertain"] == "u_zeros"
+    assert met["labels"][0] == "No Finding" and met["policy"]["uncertain"] == "u_zeros"
+    assert len(met["labels"]) + len(met["dropped_labels"]) == 14     # a label with no positive test image is dropped, named
     assert set(met["comparison"]) == {"raw", "sae", "sae - raw"} and met["ground_truth"]["concepts"] > 10
     names = (tmp_path / "figures" / "naming_names.csv").read_text()
     assert "vocabulary" in names and "enrichment" in names
