@@ -15,6 +15,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
+from .layout import ActivationsFolder, CodesFolder, SAELensFolder
 from .provenance import atomic_path, atomic_write_json
 
 # %% auto #0
@@ -46,13 +47,14 @@ class ExportedSAE:
     def load(cls, folder: str | Path) -> "ExportedSAE":
         "Read `cfg.json` and `sae_weights.safetensors` (safetensors: no pickle is ever loaded)."
         from safetensors.torch import load_file
-        folder = Path(folder)
-        for f in ("cfg.json", "sae_weights.safetensors"):
-            if not (folder / f).exists(): raise ActivationError(f"{folder} is not an exported SAE: {f} is missing")
-        cfg = json.loads((folder / "cfg.json").read_text())
-        w = load_file(str(folder / "sae_weights.safetensors"))
+        files = SAELensFolder(folder)
+        folder = files.path
+        for f in (files.cfg, files.weights):
+            if not f.exists(): raise ActivationError(f"{folder} is not an exported SAE: {f.name} is missing")
+        cfg = json.loads(files.cfg.read_text())
+        w = load_file(str(files.weights))
         missing = [k for k in ("W_enc", "b_enc", "W_dec", "b_dec") if k not in w]
-        if missing: raise ActivationError(f"{folder / 'sae_weights.safetensors'} lacks {missing}")
+        if missing: raise ActivationError(f"{files.weights} lacks {missing}")
         d, m = cfg.get("d_in"), cfg.get("d_sae")
         if w["W_enc"].shape != (d, m) or w["W_dec"].shape != (m, d):
             raise ActivationError(f"{folder}: W_enc {tuple(w['W_enc'].shape)} / W_dec {tuple(w['W_dec'].shape)} do not "
@@ -96,23 +98,24 @@ def sparse_codes(sae: ExportedSAE, x_raw: np.ndarray, chunk: int = 2048, progres
 # %% ../nbs/50_activations.ipynb #05ac739d
 def save_activations(out: str | Path, codes: sp.spmatrix, index: pd.DataFrame, meta: dict) -> Path:
     "Write one activation set (codes, index rows, metadata) atomically."
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    out = CodesFolder(out); out.path.mkdir(parents=True, exist_ok=True)
     if codes.shape[0] != len(index):
         raise ActivationError(f"{codes.shape[0]} rows of codes but {len(index)} index rows")
-    with atomic_path(out / "codes.npz") as tmp:
+    with atomic_path(out.codes) as tmp:
         with open(tmp, "wb") as fh: sp.save_npz(fh, sp.csr_matrix(codes), compressed=False)
-    with atomic_path(out / "index.csv") as tmp: index.to_csv(tmp, index=False)
-    atomic_write_json(out / "activations.json", dict(meta, rows=int(codes.shape[0]), latents=int(codes.shape[1]),
-                                                      nnz=int(codes.nnz)))
-    return out
+    with atomic_path(out.index) as tmp: index.to_csv(tmp, index=False)
+    atomic_write_json(out.meta, dict(meta, rows=int(codes.shape[0]), latents=int(codes.shape[1]),
+                                     nnz=int(codes.nnz)))
+    return out.path
 
 def load_activations(folder: str | Path) -> tuple[sp.csr_matrix, pd.DataFrame, dict]:
     "`(codes, index, meta)` of a stored activation set."
-    folder = Path(folder)
-    if not (folder / "activations.json").exists(): raise ActivationError(f"{folder} holds no activation set")
-    meta = json.loads((folder / "activations.json").read_text())
-    codes = sp.load_npz(folder / "codes.npz").tocsr()
-    index = pd.read_csv(folder / "index.csv")
+    files = CodesFolder(folder)
+    folder = files.path
+    if not files.meta.exists(): raise ActivationError(f"{folder} holds no activation set")
+    meta = json.loads(files.meta.read_text())
+    codes = sp.load_npz(files.codes).tocsr()
+    index = pd.read_csv(files.index)
     if codes.shape != (meta["rows"], meta["latents"]) or len(index) != meta["rows"]:
         raise ActivationError(f"{folder}: codes {codes.shape}, index {len(index)} rows, metadata {meta['rows']} x "
                               f"{meta['latents']} disagree (an interrupted write?): delete the folder and rerun")
@@ -136,13 +139,13 @@ def activations_stage_run(store_path: str | Path, sae_folder: str | Path, out: s
     from medsae.extract import EmbeddingStore
     from medsae.provenance import sha256_file
     store, sae = EmbeddingStore(store_path), ExportedSAE.load(sae_folder)
-    w_hash = sha256_file(Path(sae_folder) / "sae_weights.safetensors")
-    out, summary = Path(out), {}
+    w_hash = sha256_file(SAELensFolder(sae_folder).weights)
+    out, summary = ActivationsFolder(out), {}
     for split in splits:
         x, index = store.split(split)
         if not len(x): continue
-        dest = out / split
-        if (dest / "activations.json").exists() and json.loads((dest / "activations.json").read_text()).get("sae_sha256") == w_hash:
+        dest = out.split(split)
+        if dest.meta.exists() and json.loads(dest.meta.read_text()).get("sae_sha256") == w_hash:
             codes, _, meta = load_activations(dest)
         else:
             codes = sparse_codes(sae, x, progress=progress)

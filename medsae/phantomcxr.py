@@ -111,9 +111,11 @@ def generate_phantom(out_dir: str | Path, cfg: PhantomConfig = PhantomConfig(), 
     "Generate (or finish) a PhantomCXR set in `out_dir`; returns the manifest."
     from tqdm.auto import tqdm
     from medsae.assets import asset_path
-    out_dir = Path(out_dir)
-    if (out_dir / "manifest.json").exists():
-        man = json.loads((out_dir / "manifest.json").read_text())
+    from medsae.layout import DatasetFolder
+    out = DatasetFolder(out_dir)
+    out_dir = out.path
+    if out.manifest.exists():
+        man = json.loads(out.manifest.read_text())
         if man.get("plan") == _plan_key(cfg, seed, policy): return man
         raise PhantomError(f"{out_dir} already holds a PhantomCXR set made with another config or seed; "
                            "choose another output folder or remove it")
@@ -124,10 +126,11 @@ def generate_phantom(out_dir: str | Path, cfg: PhantomConfig = PhantomConfig(), 
     work = out_dir / ".chunks"
     work.mkdir(parents=True, exist_ok=True)
     plan = _plan_key(cfg, seed, policy)
-    if (work / "plan.json").exists() and json.loads((work / "plan.json").read_text()) != plan:
+    plan_file = DatasetFolder(work).plan
+    if plan_file.exists() and json.loads(plan_file.read_text()) != plan:
         raise PhantomError(f"{out_dir} holds an unfinished PhantomCXR set made with another config or seed; "
                            "remove it or choose another output folder")
-    atomic_write_json(work / "plan.json", plan)
+    atomic_write_json(plan_file, plan)
     an = anatomy if anatomy is not None and anatomy.size == cfg.size else Anatomy.build(cfg.size)
     t_pre = time.time() - t0
     bank = SentenceBank.from_reports(read_iu_reports(asset_path("iu_reports")))
@@ -156,16 +159,16 @@ def generate_phantom(out_dir: str | Path, cfg: PhantomConfig = PhantomConfig(), 
     official = gt[cols].copy()                          # CheXpert's own formatting: ages as integers, 1.0 / 0.0 / -1.0
     official["Age"] = official["Age"].round().astype("Int64")
     for sp in SPLITS:
-        with atomic_path(out_dir / f"{sp}.csv") as tmp:
+        with atomic_path(out.table(sp)) as tmp:
             official[gt["split"] == sp].to_csv(tmp, index=False, float_format="%.1f")
-        outputs[f"{sp}.csv"] = sha256_file(out_dir / f"{sp}.csv")
+        outputs[out.table(sp).name] = sha256_file(out.table(sp))
     rep_cols = ["Path", "split", "report_findings", "report_impression", "report_real_sentences", "report_template_sentences"]
-    _write_csv(gt[rep_cols].rename(columns=lambda c: c.replace("report_", "")), out_dir / "reports.csv")
+    _write_csv(gt[rep_cols].rename(columns=lambda c: c.replace("report_", "")), out.reports)
     gt_cols = [c for c in gt.columns if not c.startswith("report_")]
-    _write_csv(gt[gt_cols], out_dir / "ground_truth.csv")
+    _write_csv(gt[gt_cols], out.ground_truth)
     vocab = mine_vocabulary(read_iu_reports(asset_path("iu_reports")), CHEXPERT_LABELS)
-    _write_csv(pd.DataFrame(vocab, columns=["phrase", "count"]), out_dir / "vocabulary.csv")
-    for f in ("reports.csv", "ground_truth.csv", "vocabulary.csv"): outputs[f] = sha256_file(out_dir / f)
+    _write_csv(pd.DataFrame(vocab, columns=["phrase", "count"]), out.vocabulary)
+    for f in (out.reports, out.ground_truth, out.vocabulary): outputs[f.name] = sha256_file(f)
     images = sha256_of_images(out_dir, gt["Path"])
     man = dict(dataset=PREFIX, plan=plan, counts={sp: int((gt["split"] == sp).sum()) for sp in SPLITS},
                planted=gt[[f"planted.{k}" for k in FINDINGS]].sum().astype(int).rename(lambda c: c[8:]).to_dict(),
@@ -174,7 +177,7 @@ def generate_phantom(out_dir: str | Path, cfg: PhantomConfig = PhantomConfig(), 
                timing=dict(precompute_s=round(t_pre, 2), render_s=round(t_render, 2),
                            images_per_s=round(len(todo) * chunk / max(t_render, 1e-9), 1) if todo else None),
                **environment_info())
-    atomic_write_json(out_dir / "manifest.json", man)
+    atomic_write_json(out.manifest, man)
     shutil.rmtree(work)
     return man
 

@@ -48,9 +48,11 @@ def decoder_umap(directions: np.ndarray, colour: pd.Series, seed: int = 0, n_nei
 def latent_colours(m: int, metrics_dir: Path, r: np.ndarray | None = None, labels=None,
                    min_auroc: float = 0.75, min_r: float = 0.2) -> tuple[pd.Series, str]:
     "Each latent's concept for colouring: PhantomCXR ground truth when present, else its best label by correlation."
-    if (metrics_dir / "concept_auroc_sae.npy").exists():
-        auc = np.load(metrics_dir / "concept_auroc_sae.npy")
-        names = json.loads((metrics_dir / "concepts.json").read_text())["names"]
+    from medsae.layout import MetricsFolder
+    md = MetricsFolder(metrics_dir)
+    if md.concept_auroc.exists():
+        auc = np.load(md.concept_auroc)
+        names = json.loads(md.concepts.read_text())["names"]
         best = auc.argmax(1)
         return pd.Series(np.where(auc.max(1) >= min_auroc, np.array(names, dtype=object)[best], "none")), \
             f"best planted concept at AUROC >= {min_auroc}"
@@ -66,19 +68,22 @@ def _read(p: Path) -> str: return p.read_text() if p.exists() else ""
 
 def _md_table(df: pd.DataFrame) -> str: return df.to_markdown(index=False)
 
-def results_page(cfg, done: dict, figures_dir: Path, extra: dict | None = None, prefix: str = "") -> str:
-    "The results page (markdown) of a run: the paper's tables and figures beside this run's; images linked as prefix + name."
-    from medsae.provenance import read_provenance
+def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "") -> str:
+    """The results page (markdown) of a run: the paper's tables and figures beside this run's. `R`: the run's
+    `RunLayout`; `figures`: its `FiguresFolder`; images are linked as prefix + their name in the figures folder."""
+    from medsae.layout import sibling
+    from medsae.provenance import is_complete, read_provenance
     extra = extra or {}
-    f = lambda name: f"{prefix}{name}"
-    met = json.loads(_read(Path(done["metrics"]) / "summary.json") or "{}") if "metrics" in done else {}
-    emb = read_provenance(done["embeddings"])["record"] if "embeddings" in done else {}
-    sae = read_provenance(done["sae"])["record"] if "sae" in done else {}
+    f = lambda stage, path, base=None: f"{prefix}{figures.of(stage, path, base).name}"
+    table = lambda path: _read(sibling(path, ".md"))
+    rec = lambda d: read_provenance(d)["record"] if is_complete(d) else {}
+    met = json.loads(_read(R.evaluate.summary) or "{}")
+    emb, sae = rec(R.extract), rec(R.sae)
     phantom = cfg.data.dataset == "phantom"
     data_desc = ("PhantomCXR (synthetic radiographs rendered offline from a real chest CT, findings planted from real "
                  "CheXpert label rows; NOT CheXpert)" if phantom else f"CheXpert ({cfg.data.root})")
     enc = (emb.get("encoder") or {}).get("name", cfg.encoder.name)
-    git = read_provenance(done["metrics"])["git"] if "metrics" in done else {}
+    git = read_provenance(R.evaluate)["git"] if is_complete(R.evaluate) else {}
     L = [f"# Results of run `{cfg.run.name}`", "",
          f"- **Data**: {data_desc}.",
          f"- **Encoder**: `{enc}`" + (" (MedCLIP architecture with a small ResNet, trained offline on PhantomCXR by the "
@@ -90,7 +95,7 @@ def results_page(cfg, done: dict, figures_dir: Path, extra: dict | None = None, 
          + (f" (balanced subset, {met.get('subset_per_class')} per class)" if met.get("subset_per_class") else "")
          + f", {met.get('images')} images; entropy threshold |r| > {met.get('threshold')}.",
          f"- **Made by** commit `{str(git.get('commit'))[:12]}`{' (uncommitted changes)' if git.get('dirty') else ''}, "
-         f"config `{cfg.run.name}`, seed {cfg.run.seed}; every stage's provenance is in `runs/{cfg.run.name}/<stage>/provenance.json`.",
+         f"config `{cfg.run.name}`, seed {cfg.run.seed}; every stage's provenance is in `{R.path}/<stage>/provenance.json`.",
          "", "The paper's column is always the paper's own setting (CheXpert, official MedCLIP-ResNet50). "
          + ("This run's column is PhantomCXR with an encoder trained here: it checks that the method and code "
             "behave as described, not the paper's numbers, which need CheXpert and the MedCLIP weights "
@@ -115,34 +120,34 @@ def results_page(cfg, done: dict, figures_dir: Path, extra: dict | None = None, 
           f"{sa.get('heldout_mean_best_r', float('nan')):.3f} |",
           f"| maximum possible entropy | ln 14 = 2.639 | ln {len(met.get('labels', []))} = {np.log(max(len(met.get('labels', [])), 1)):.3f} |",
           "", "The full table (all statistics, detector F1, Monosemanticity Score, permutation null):", "",
-          _read(figures_dir / "metrics_monosemanticity.md"), "",
-          f"![entropy histogram]({f('metrics_entropy_hist.png')})", "",
-          f"![best latent of each label vs every label]({f('metrics_correlation_heatmap.png')})", "",
-          "Per label (best unit, its r, entropy and detector scores):", "", _read(figures_dir / "metrics_best_units.md"), ""]
+          table(R.evaluate.monosemanticity), "",
+          f"![entropy histogram]({f('evaluate', R.evaluate.entropy_hist)})", "",
+          f"![best latent of each label vs every label]({f('evaluate', R.evaluate.heatmap)})", "",
+          "Per label (best unit, its r, entropy and detector scores):", "", table(R.evaluate.best_units), ""]
     # 2. named latents
-    ns = read_provenance(done["naming"])["record"] if "naming" in done else {}
+    ns = rec(R.name_stage)
     L += ["## 2. Named latents", "",
           f"Paper: MedGemma named the latents active on more than 60 images; {PAPER['named_latents']} were named as "
           f"medically meaningful concepts (example: \"{PAPER['edema_example']}\").", "",
           f"This run: {ns.get('named', 'n/a')} latents active on more than {ns.get('min_active')} `{ns.get('split')}` images "
           f"named by {', '.join(ns.get('namers', []))} (failures: {ns.get('failures', 'n/a')}). The best latent of each "
-          "label and its names:", "", _read(figures_dir / "naming_named_latents.md"), ""]
+          "label and its names:", "", table(R.name_stage.named), ""]
     # 3. naming accuracy
-    ne = read_provenance(done["naming_eval"])["record"] if "naming_eval" in done else {}
+    ne = rec(R.score_names)
     L += ["## 3. Naming accuracy (detection test)", "",
           f"Paper: MedGemma as judge, 30 activating + 30 non-activating validation images per latent, 5 per prompt; a "
           f"pulmonary-oedema latent reached {PAPER['edema_accuracy']} detection accuracy (chance 0.5).", "",
           f"This run: judge `{ne.get('judge')}`, {ne.get('sae_units')} SAE latents and {ne.get('raw_units')} raw "
           f"dimensions on the `{ne.get('eval_split')}` split, and random explanations (another latent's name):", "",
-          _read(figures_dir / "naming_eval_summary.md"), "", f"![naming accuracy]({f('naming_eval_naming_accuracy.png')})", ""]
+          table(R.score_names.summary), "", f"![naming accuracy]({f('score-names', R.score_names.figure)})", ""]
     if extra.get("best_named"):
         L += ["Most accurately named SAE latents:", "", _md_table(pd.DataFrame(extra["best_named"])), ""]
     # 4. example panels
     if extra.get("panels"):
-        L += ["## 4. Example latents", ""] + [f"![latent {j}]({f(p)})" for j, p in extra["panels"]] + [""]
+        L += ["## 4. Example latents", ""] + [f"![latent {j}]({f('report', p)})" for j, p in extra["panels"]] + [""]
     # 5. ours
     L += ["## 5. Beyond the paper", "", "### SAE sweep: held-out FVE against L0 (Pareto front)", "",
-          _read(figures_dir / "sae_sweep.md"), "", f"![sweep]({f('sae_sweep_pareto.png')})", ""]
+          table(R.sae.sweep), "", f"![sweep]({f('sae', R.sae.sweep_pareto)})", ""]
     if phantom and "ground_truth" in met:
         g = met["ground_truth"]
         cor = (ne.get("correctness") or {})
@@ -153,60 +158,57 @@ def results_page(cfg, done: dict, figures_dir: Path, extra: dict | None = None, 
               f"Polysemanticity (concepts per responsive unit at AUROC >= 0.75): SAE "
               f"{g['sae_polysemanticity']['mean_concepts']:.2f} ({g['sae_polysemanticity']['share_multi']:.0%} respond to "
               f"2 or more), raw {g['raw_polysemanticity']['mean_concepts']:.2f} ({g['raw_polysemanticity']['share_multi']:.0%}).", "",
-              _read(figures_dir / "metrics_concept_recovery.md"), "", f"![concept recovery]({f('metrics_concept_recovery.png')})", ""]
+              table(R.evaluate.recovery), "", f"![concept recovery]({f('evaluate', R.evaluate.recovery_figure)})", ""]
         if cor:
             L += [f"Names against the ground truth ({cor.get('rule')}):", "",
                   _md_table(pd.DataFrame([dict(namer=k, **v) for k, v in cor.get("per_namer", {}).items()])), ""]
     if extra.get("umap"):
-        L += ["### Decoder directions (UMAP)", "", f"Coloured by {extra['umap']}.", "", f"![umap]({f('report_decoder_umap.png')})", ""]
+        L += ["### Decoder directions (UMAP)", "", f"Coloured by {extra['umap']}.", "", f"![umap]({f('report', R.report.umap_figure)})", ""]
     L += ["### Data and encoder", "", "Label counts of the real CheXpert training table (the label statistics behind "
-          "PhantomCXR's planted findings):", "", f"![labels]({f('chexpert_label_counts.png')})", ""]
-    if (figures_dir / "encoder_zero_shot_auroc.md").exists():
+          "PhantomCXR's planted findings):", "",
+          f"![labels]({f('labels', R.labels.table('chexpert').counts_figure, R.labels)})", ""]
+    if sibling(R.encoder.auroc, ".md").exists():
         L += ["Default encoder, zero-shot and linear-probe AUROC per finding on the PhantomCXR test split:", "",
-              _read(figures_dir / "encoder_zero_shot_auroc.md"), ""]
+              table(R.encoder.auroc), ""]
     return "\n".join(L) + "\n"
 
 # %% ../nbs/70_report.ipynb #3879234e
-def report_stage_run(cfg, done: dict, figures_dir: str | Path, out: str | Path, n_panels: int = 3,
-                     max_umap: int = 2000) -> dict:
-    """Example latent panels, the decoder UMAP (at most `max_umap` latents) and the results page: `figures/RESULTS.md`
-    and, with links into `figures/`, `out/RESULTS_repo.md` (the snapshot committed as the repository's RESULTS.md)."""
-    from medsae.activations import ExportedSAE
+def report_stage_run(cfg, run, figures, out: str | Path, n_panels: int = 3, max_umap: int = 2000) -> dict:
+    """Example latent panels, the decoder UMAP (at most `max_umap` latents) and the results page of the run whose
+    `RunLayout` is `run`: `out/RESULTS.md` (images linked by their names in the `FiguresFolder` `figures`, where the
+    stage layer publishes it) and `out/RESULTS_repo.md` (links into `figures/`: the snapshot committed as the
+    repository's RESULTS.md)."""
+    from medsae.activations import ExportedSAE, load_activations
     from medsae.data import save_figure
+    from medsae.layout import ReportFolder
     from medsae.provenance import atomic_write_text
-    figures_dir, out = Path(figures_dir), Path(out); out.mkdir(parents=True, exist_ok=True)
+    out = ReportFolder(out); out.path.mkdir(parents=True, exist_ok=True)
     extra, summary = {}, {}
-    md = Path(done["metrics"])
-    if "naming_eval" in done and (Path(done["naming_eval"]) / "scores.csv").exists():
-        sc = pd.read_csv(Path(done["naming_eval"]) / "scores.csv", keep_default_na=False)
+    if run.score_names.scores.exists():
+        sc = pd.read_csv(run.score_names.scores, keep_default_na=False)
         best = (sc[sc.unit_kind == "sae"].sort_values(["accuracy", "f1"], ascending=False)
                 .drop_duplicates("unit").head(10))
         extra["best_named"] = best[["unit", "namer", "concept", "accuracy", "precision", "recall", "f1"]].to_dict("records")
         try:
             from medsae.explorer import LatentAtlas, latent_panel
-            root = done.get("phantom") or cfg.data.root
-            atlas = LatentAtlas.from_run(cfg.run_dir, root, split=cfg.naming.eval_split)
+            from medsae.stages import data_root
+            atlas = LatentAtlas.from_run(run, data_root(cfg), split=cfg.naming.eval_split)
             extra["panels"] = []
             for j in best.unit.head(n_panels):
-                name = f"report_latent_{int(j)}"
-                save_figure(latent_panel(atlas, int(j)), out / name)
-                for e in ("png", "svg"):
-                    (figures_dir / f"{name}.{e}").write_bytes((out / f"{name}.{e}").read_bytes())
-                extra["panels"].append((int(j), f"{name}.png"))
+                save_figure(latent_panel(atlas, int(j)), out.panel(int(j)))
+                extra["panels"].append((int(j), out.panel(int(j))))
         except ImportError as e: summary["panels"] = f"not drawn: {e}"
-    sae = ExportedSAE.load(Path(done["sae"]) / "saelens")
+    sae = ExportedSAE.load(run.sae.saelens)
     dirs = sae.directions()
-    from medsae.activations import load_activations
-    codes, _, _ = load_activations(Path(done["activations"]) / cfg.metrics.split)
+    codes, idx, _ = load_activations(run.activations.split(cfg.metrics.split))
     alive = np.flatnonzero(np.diff(codes.tocsc().indptr) > 0)
     r = None
-    if not (md / "concept_auroc_sae.npy").exists():
+    if not run.evaluate.concept_auroc.exists():
         from medsae.data import LabelPolicy, label_matrix
         from medsae.metrics import correlations
-        _, idx, _ = load_activations(Path(done["activations"]) / cfg.metrics.split)
         y, m = label_matrix(idx, cfg.metric_labels, LabelPolicy(cfg.data.uncertain, cfg.data.blank))
         r = correlations(codes, y, cfg.metric_labels, m).r
-    colour, how = latent_colours(sae.m, md, r, cfg.metric_labels)
+    colour, how = latent_colours(sae.m, run.evaluate, r, cfg.metric_labels)
     if len(alive) > max_umap:          # every latent with a concept, then a seeded sample of the rest
         has = alive[colour.iloc[alive].to_numpy() != "none"][:max_umap]
         rest = np.setdiff1d(alive, has)
@@ -214,13 +216,11 @@ def report_stage_run(cfg, done: dict, figures_dir: str | Path, out: str | Path, 
     if len(alive) >= 20:
         fig, xy = decoder_umap(dirs[alive], colour.iloc[alive].reset_index(drop=True), cfg.run.seed)
         fig.axes[0].set_title(f"decoder directions of {len(alive)} latents active on the {cfg.metrics.split} split", fontsize=10)
-        save_figure(fig, out / "decoder_umap")
-        for e in ("png", "svg"): (figures_dir / f"report_decoder_umap.{e}").write_bytes((out / f"decoder_umap.{e}").read_bytes())
-        pd.DataFrame({"latent": alive, "x": xy[:, 0], "y": xy[:, 1], "concept": colour.iloc[alive].to_numpy()}).to_csv(out / "decoder_umap.csv", index=False)
+        save_figure(fig, out.umap_figure)
+        pd.DataFrame({"latent": alive, "x": xy[:, 0], "y": xy[:, 1], "concept": colour.iloc[alive].to_numpy()}).to_csv(out.umap, index=False)
         extra["umap"] = how
-    page = results_page(cfg, done, figures_dir, extra)
-    atomic_write_text(out / "RESULTS.md", page)
-    atomic_write_text(figures_dir / "RESULTS.md", page)
-    atomic_write_text(out / "RESULTS_repo.md", results_page(cfg, done, figures_dir, extra, prefix="figures/"))
+    page = results_page(cfg, run, figures, extra)
+    atomic_write_text(out.results, page)
+    atomic_write_text(out.results_repo, results_page(cfg, run, figures, extra, prefix="figures/"))
     summary.update(panels=[j for j, _ in extra.get("panels", [])], umap_latents=int(len(alive)), page_chars=len(page))
     return summary

@@ -244,5 +244,7 @@ def build_sae(arch: str, d: int, m: int, **kw) -> SAE:
     if arch not in SAE_CLASSES: raise ValueError(f"unknown SAE architecture {arch!r}; valid: {sorted(SAE_CLASSES)}")
     cls = SAE_CLASSES[arch]
     import inspect
-    ok = set(inspect.signature(cls.__init__).parameters)
-    return cls(d, m, **{k: v for k, v in kw.items() if k in ok})
+    ok = set(inspect.signature(cls.__init__).parameters) - {"self", "d", "m"}
+    if unknown := sorted(set(kw) - ok):
+        raise ValueError(f"the {arch} SAE takes no {', '.join(unknown)} (it takes {', '.join(sorted(ok))})")
+    return cls(d, m, **kw)

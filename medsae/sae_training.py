@@ -41,7 +41,9 @@ def data_hash(x: torch.Tensor) -> str:
     return sha256_bytes(x.contiguous().numpy().tobytes())[:16]
 
 def sae_from_config(cfg: SAEConfig, d: int) -> SAE:
-    return build_sae(cfg.arch, d, cfg.expansion * d, l1=cfg.l1, k=cfg.k, auxk_alpha=cfg.auxk_alpha)
+    "The SAE of `cfg` on d-dimensional inputs (the L1 coefficient for ReLU, k and the AuxK weight for the TopK family)."
+    kw = dict(l1=cfg.l1) if cfg.arch == "relu" else dict(k=cfg.k, auxk_alpha=cfg.auxk_alpha)
+    return build_sae(cfg.arch, d, cfg.expansion * d, **kw)
 
 def lr_at(step: int, total: int, cfg: SAEConfig) -> float:
     "Warm-up, constant, then linear decay to 0 after `decay_start` of training."
@@ -242,10 +244,11 @@ def export_saelens(sae: SAE, out: str | Path, model_name: str = "medclip", hook_
                    dataset: str = "", extra: dict | None = None) -> Path:
     "Write `cfg.json` and `sae_weights.safetensors` in SAELens' layout (6.x, with 5.x's flat keys too)."
     from safetensors.torch import save_file
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    from medsae.layout import SAELensFolder
+    out = SAELensFolder(out); out.path.mkdir(parents=True, exist_ok=True)
     arch = SAELENS_ARCH[sae.arch]
     w = folded_weights(sae)
-    with atomic_path(out / "sae_weights.safetensors") as tmp: save_file(w, str(tmp))
+    with atomic_path(out.weights) as tmp: save_file(w, str(tmp))
     meta = dict(model_name=model_name, hook_name=hook_name, hook_head_index=None, context_size=1, prepend_bos=False,
                 dataset_path=dataset, sae_lens_training_version=None, model_from_pretrained_kwargs={})
     cfg = dict(architecture=arch, d_in=sae.d, d_sae=sae.m, dtype="float32", device="cpu", apply_b_dec_to_input=True,
@@ -255,15 +258,16 @@ def export_saelens(sae: SAE, out: str | Path, model_name: str = "medclip", hook_
                finetuning_scaling_factor=False, hook_layer=0, dataset_trust_remote_code=False, **meta)
     if arch == "topk": cfg["k"] = sae.k
     cfg["medsae"] = dict(sae.config(), folded_normalisation=True, **(extra or {}))
-    atomic_write_json(out / "cfg.json", cfg)
-    return out
+    atomic_write_json(out.cfg, cfg)
+    return out.path
 
 def saelens_forward(folder: str | Path, x_raw: torch.Tensor) -> torch.Tensor:
     "SAELens' documented forward pass on an exported folder (reference for tests; no sae-lens import needed)."
     from safetensors.torch import load_file
-    folder = Path(folder)
-    cfg = json.loads((folder / "cfg.json").read_text())
-    w = load_file(str(folder / "sae_weights.safetensors"))
+    from medsae.layout import SAELensFolder
+    folder = SAELensFolder(folder)
+    cfg = json.loads(folder.cfg.read_text())
+    w = load_file(str(folder.weights))
     assert w["W_enc"].shape == (cfg["d_in"], cfg["d_sae"]) and w["W_dec"].shape == (cfg["d_sae"], cfg["d_in"])
     pre = (x_raw - w["b_dec"] if cfg["apply_b_dec_to_input"] else x_raw) @ w["W_enc"] + w["b_enc"]
     if cfg["architecture"] == "standard": f = F.relu(pre)
@@ -373,23 +377,24 @@ def sae_stage_run(store_path: str | Path, out: str | Path, cfg: SAEConfig, seed:
     "Train, evaluate, sweep and export; returns a summary for the provenance record."
     from medsae.data import save_figure, write_table
     from medsae.extract import EmbeddingStore
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    from medsae.layout import SAEFolder
+    out = SAEFolder(out); out.path.mkdir(parents=True, exist_ok=True)
     store = EmbeddingStore(store_path)
     xtr, itr = store.split("train"); xva, _ = store.split("valid")
     xtr, xva = torch.from_numpy(xtr), torch.from_numpy(xva)
     t0 = time.time()
-    sae, log = train_sae(xtr, cfg, seed, out / "checkpoints", ids=itr["Path"].tolist(), progress=progress)
+    sae, log = train_sae(xtr, cfg, seed, out.checkpoints, ids=itr["Path"].tolist(), progress=progress)
     t_train = time.time() - t0
     metrics = evaluate_sae(sae, xva)
-    log.to_csv(out / "training_log.csv", index=False)
-    save_figure(plot_training(log, f"{sae.arch} SAE, {sae.m} latents"), out / "training_curve")
+    log.to_csv(out.log, index=False)
+    save_figure(plot_training(log, f"{sae.arch} SAE, {sae.m} latents"), out.curve)
     enc = store.meta["encoder"]
     card = dict(encoder=enc["name"], metrics=metrics,
                 description=f"Trained on {len(xtr)} training embeddings of {store.meta['root']} ({enc['name']}, "
                             f"weights sha256 {str(enc.get('weights_sha256'))[:12]}); metrics on {len(xva)} validation embeddings.",
                 provenance=dict(seed=seed, store=str(store_path), embeddings_sha256=store.meta.get("embeddings_sha256")))
-    export_saelens(sae, out / "saelens", model_name=enc["name"], dataset=store.meta["root"], extra=card["provenance"])
-    export_hub_folder(sae, out / "hub", card)
+    export_saelens(sae, out.saelens, model_name=enc["name"], dataset=store.meta["root"], extra=card["provenance"])
+    export_hub_folder(sae, out.hub, card)
     summary = dict(sae=sae.config(), valid=metrics, train_seconds=round(t_train, 1), steps=int(log["step"].iloc[-1]),
                    samples_per_s=round(float(log["samples_per_s"].iloc[-1]), 1))
     if run_sweep:
@@ -397,12 +402,12 @@ def sae_stage_run(store_path: str | Path, out: str | Path, cfg: SAEConfig, seed:
         table, _ = sweep(xtr, xva, cfg, seed, progress)
         chosen = select_sae(table, cfg.target_l0)
         table["selected"] = table.index == chosen
-        write_table(table.round(4), out / "sweep")
+        write_table(table.round(4), out.sweep)
         save_figure(plot_pareto(table, chosen, f"{cfg.arch} SAEs on {enc['name']} embeddings, held-out FVE vs L0"),
-                    out / "sweep_pareto")
+                    out.sweep_pareto)
         met = bool((table["l0"] <= cfg.target_l0).any())
         summary.update(sweep_selected=chosen, sweep_rule=f"highest held-out FVE with L0 <= {cfg.target_l0}"
                        + ("" if met else "; no SAE met the L0 target, so the sparsest was taken"), sweep_rule_met=met,
                        sweep_seconds=round(time.time() - t1, 1), sweep_models=len(table))
-    atomic_write_json(out / "summary.json", summary)
+    atomic_write_json(out.summary, summary)
     return summary

@@ -10,7 +10,8 @@ from medsae.data import make_image_fixtures
 
 def test_help_documents_every_subcommand():
     out = run_cli("--help").stdout
-    for cmd in ("config", "assets", "data", "reproduce"): assert cmd in out
+    from medsae.stages import COMMANDS
+    for cmd in ("config", "assets", "data", "reproduce", "pipeline", *COMMANDS): assert cmd in out
     for action in ("summary", "subset", "split", "check"):
         h = run_cli("data", action, "--help").stdout
         assert "--config" in h and "--set" in h and "--uncertain" in h
@@ -23,19 +24,17 @@ def test_config_show_applies_overrides_and_rejects_bad_fields():
     assert r.returncode == 2 and "data.uncertian" in r.stderr
 
 
-def test_data_summary_writes_a_complete_run(tmp_path, chexpert_train):
-    run_cli("data", "summary", "--csv", chexpert_train, "--uncertain", "ignore", "--labels", "Edema,Cardiomegaly",
-            "--set", f"run.out_root={tmp_path}", "--set", "run.name=t", "--seed", "4")
-    d = tmp_path / "t" / "data"
-    prov = json.loads((d / "provenance.json").read_text())
-    assert prov["seed"] == 4 and prov["label_policy"] == {"uncertain": "ignore", "blank": "zero"}
-    assert prov["labels"] == ["Edema", "Cardiomegaly"] and prov["inputs"]["table"]["sha256"]
-    assert prov["config"]["data"]["uncertain"] == "ignore" and "commit" in prov["git"]
-    counts = pd.read_csv(d / "label_counts.csv", index_col=0)
+def test_data_summary_writes_tables_and_subsets(tmp_path, chexpert_train):
+    from medsae.layout import LabelsFolder
+    out = run_cli("data", "summary", "--csv", chexpert_train, "--uncertain", "ignore", "--labels", "Edema,Cardiomegaly",
+                  "--seed", "4", "--out", tmp_path / "sum").stdout
+    assert "'uncertain': 'ignore'" in out
+    d = LabelsFolder(tmp_path / "sum")
+    counts = pd.read_csv(d.counts, index_col=0)
     assert list(counts.index) == ["Edema", "Cardiomegaly"]
-    sub = pd.read_csv(d / "subset_balanced_2x200.csv")
+    sub = pd.read_csv(d.balanced(2, 200))
     assert (sub["Edema"] == 1).sum() == 200 and (sub["Cardiomegaly"] == 1).sum() == 200
-    assert (d / "label_counts.png").exists() and not (tmp_path / "t" / "data.partial").exists()
+    assert d.counts_figure.exists()
 
 
 def test_subset_split_and_check(tmp_path, chexpert_train):
@@ -56,6 +55,6 @@ def test_subset_split_and_check(tmp_path, chexpert_train):
 def test_bad_table_fails_with_the_column_named(tmp_path, chexpert_train):
     df = pd.read_csv(chexpert_train, nrows=20).drop(columns=["Fracture"])
     df.to_csv(tmp_path / "bad.csv", index=False)
-    r = run_cli("data", "summary", "--csv", tmp_path / "bad.csv", "--set", f"run.out_root={tmp_path}", check=False)
+    r = run_cli("data", "summary", "--csv", tmp_path / "bad.csv", "--out", tmp_path / "sum", check=False)
     assert r.returncode == 2 and "Fracture" in r.stderr and "bad.csv" in r.stderr
-    assert not (tmp_path / "default" / "data").exists()           # nothing partial looks complete
+    assert not (tmp_path / "sum").exists()                         # nothing partial looks complete

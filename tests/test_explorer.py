@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from PIL import Image
 
 from medsae.activations import save_activations
+from medsae.layout import RunLayout
 from medsae.config import CHEXPERT_LABELS
 from medsae.data import LabelPolicy, label_matrix
 from medsae.explorer import (Explorer, ExplorerError, LatentAtlas, compare_panel, explore, latent_panel, names_text,
@@ -23,12 +24,13 @@ CONCEPTS = ["Edema", "Cardiomegaly", "Pleural Effusion", "Rotation"]
 POLICY = LabelPolicy(uncertain="ignore", blank="zero")            # so that the label mask matters
 
 
-def _write_run(base, naming=True, layout="flat"):
-    "A run folder in the pipeline's formats: activations/<split>, metrics/, naming/, naming_eval/, and PNG images."
+def _write_run(base, naming=True):
+    "A run folder in the pipeline's layout (activations, evaluate, name, score-names) and PNG images."
+    from medsae.layout import RunLayout
     rng = np.random.default_rng(1)
     root = base / "images"
-    run = base / "run"
-    parts = run if layout == "flat" else run / "evaluate"
+    L = RunLayout(base / "run")
+    run = L.path
     vals = rng.choice([1.0, 0.0, -1.0, np.nan], size=(N, len(LABS)), p=[0.3, 0.45, 0.1, 0.15])
     for c in PLANTED.values(): vals[:2, LABS.index(c)] = [1.0, 0.0]
     paths = [f"demo/train/patient{i:05d}/study1/view1_frontal.png" for i in range(N)]
@@ -45,17 +47,17 @@ def _write_run(base, naming=True, layout="flat"):
     index = pd.DataFrame(vals, columns=LABS)
     index.insert(0, "split", "train"); index.insert(0, "Path", paths); index["ok"] = True
     for split in ("train", "valid"):
-        save_activations(parts / "activations" / split, codes, index.assign(split=split), {"split": split})
-    met = parts / "metrics"; met.mkdir(parents=True)
+        save_activations(L.activations.split(split), codes, index.assign(split=split), {"split": split})
+    met = L.evaluate; met.path.mkdir(parents=True)
     pd.DataFrame({"label": LABS, "positives": 1, "sae_unit": [next((j for j, c in PLANTED.items() if c == l), 7)
                                                              for l in LABS],
                   "sae_r": [{"Edema": 0.9, "Cardiomegaly": 0.8, "Pleural Effusion": 0.7}.get(l, 0.2) for l in LABS], "sae_entropy": 2.0, "sae_f1": 0.5,
-                  "raw_unit": 3, "raw_r": 0.2}).to_csv(met / "best_units.csv")
-    (met / "summary.json").write_text(json.dumps({"split": "train", "labels": LABS, "policy": POLICY.as_dict()}))
+                  "raw_unit": 3, "raw_r": 0.2}).to_csv(met.best_units)
+    met.summary.write_text(json.dumps({"split": "train", "labels": LABS, "policy": POLICY.as_dict()}))
     auroc = rng.uniform(0.4, 0.7, (M, len(CONCEPTS))).astype(np.float32)
     auroc[0, 0], auroc[1, 1], auroc[2, 2], auroc[8, 0], auroc[9, 0] = 0.97, 0.95, 0.9, 0.85, 0.81
-    np.save(met / "concept_auroc_sae.npy", auroc)
-    (met / "concepts.json").write_text(json.dumps({"names": CONCEPTS, "kinds": ["finding"] * 3 + ["nuisance"],
+    np.save(met.concept_auroc, auroc)
+    met.concepts.write_text(json.dumps({"names": CONCEPTS, "kinds": ["finding"] * 3 + ["nuisance"],
                                                    "phrases": {c: [c.lower()] for c in CONCEPTS}}))
     if naming:
         rows = []
@@ -69,14 +71,14 @@ def _write_run(base, naming=True, layout="flat"):
                                  n_active=int((dense[:, j] > 0).sum())))
         rows.append(dict(unit_kind="raw", unit=20, namer="vocabulary", concept="edema", description="raw", score=0.3,
                          ok=True, n_active=N))
-        (parts / "naming").mkdir(); pd.DataFrame(rows).to_csv(parts / "naming" / "names.csv", index=False)
+        L.name_stage.path.mkdir(); pd.DataFrame(rows).to_csv(L.name_stage.names, index=False)
         sc = [dict(unit_kind=k, unit=j, namer=nm, judge=jd, accuracy=round(0.01 * j + 0.1 * (jd == "b"), 3),
                    precision=0.5, recall=0.5, f1=round(0.02 * j + (nm == "medgemma") * 0.3, 3), n_images=20)
               for k in ("sae", "raw") for j in range(M - 1) for nm in ("vocabulary", "medgemma") for jd in ("a", "b")]
-        (parts / "naming_eval").mkdir(); pd.DataFrame(sc).to_csv(parts / "naming_eval" / "scores.csv", index=False)
+        L.score_names.path.mkdir(); pd.DataFrame(sc).to_csv(L.score_names.scores, index=False)
         pd.DataFrame([dict(unit=j, namer=nm, truth_concept=c, truth_auroc=0.9, concept=c.lower(), similarity=1.0,
                            correct=nm == "vocabulary") for j, c in PLANTED.items() for nm in ("vocabulary", "medgemma")]
-                     ).to_csv(parts / "naming_eval" / "correctness.csv", index=False)
+                     ).to_csv(L.score_names.correctness, index=False)
     return run, root, dense, vals
 
 
@@ -135,7 +137,7 @@ def test_names_joined_with_scores(atlas, run):
     assert sorted(df["namer"]) == ["medgemma", "vocabulary"] and (df["unit_kind"] == "sae").all()
     for c in ("accuracy[a]", "accuracy[b]", "f1[a]", "f1[b]", "truth_concept", "correct"):
         assert c in df.columns, c
-    sc = pd.read_csv(run[0] / "naming_eval" / "scores.csv")
+    sc = pd.read_csv(RunLayout(run[0]).score_names.scores)
     for _, row in df.iterrows():
         for judge in ("a", "b"):
             s = sc[(sc.unit_kind == "sae") & (sc.unit == 0) & (sc.namer == row["namer"]) & (sc.judge == judge)].iloc[0]
@@ -234,28 +236,28 @@ def test_explorer_caps_options(atlas):
 def test_missing_naming_still_works(tmp_path):
     run, root, _, _ = _write_run(tmp_path, naming=False)
     at = LatentAtlas.from_run(run, root)
-    assert any("naming/names.csv" in m for m in at.missing) and any("naming_eval" in m for m in at.missing)
-    assert "missing: naming/names.csv" in at.status()
-    assert at.names(0).empty and "naming/names.csv missing" in names_text(at, 0)
+    assert any("name/" in m for m in at.missing) and any("score-names/" in m for m in at.missing)
+    assert "missing: name/" in at.status()
+    assert at.names(0).empty and "the name stage has not run" in names_text(at, 0)
     assert at.search("edema") == [0, 8, 9]                           # ground truth still searchable
     assert len(latent_panel(at, 0, n=4).axes) == 4 + 2 + 3
     ex = Explorer(at, n=4)
-    assert ex.shown == (0,) and len(ex.out.outputs) == 1 and "naming/names.csv" in ex.info.value
+    assert ex.shown == (0,) and len(ex.out.outputs) == 1 and "name/" in ex.info.value
     ex.latent.value = 3
     assert ex.shown == (3,)
 
 
-def test_evaluate_layout_and_errors(tmp_path):
-    run, root, _, _ = _write_run(tmp_path, naming=False, layout="evaluate")   # the CLI's <run>/evaluate/ layout
+def test_split_and_missing_parts(tmp_path):
+    run, root, _, _ = _write_run(tmp_path, naming=False)
     at = LatentAtlas.from_run(run, root, split="valid")
     assert at.split == "valid" and at.concepts() == CONCEPTS
     with pytest.raises(ExplorerError, match="no activations for split 'test'.*valid"):
         LatentAtlas.from_run(run, root, split="test")
     with pytest.raises(ExplorerError, match="no activations"):
         LatentAtlas.from_run(tmp_path / "nowhere", root)
-    (run / "evaluate" / "metrics" / "concept_auroc_sae.npy").unlink()
+    RunLayout(run).evaluate.concept_auroc.unlink()
     at = LatentAtlas.from_run(run, root)
-    assert at.concepts() == [] and any("concept_auroc" in m for m in at.missing)
+    assert at.concepts() == [] and any("concept AUROCs" in m for m in at.missing)
     ex = Explorer(at, n=4)
     assert ex.concept.disabled and list(ex.concept.options) == ["all"]
 

@@ -29,7 +29,7 @@ def phantom(tmp_path_factory):
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     "A randomly initialised default encoder saved as a checkpoint, so separate processes load the same weights."
-    from medsae.encoder_training import build_phantom_model, save_phantom_encoder
+    from medsae.encoders import build_phantom_model, save_phantom_encoder
     cfg = EncoderTrainingConfig(image_size=96, widths=[16, 32, 64, 128])
     torch.manual_seed(0)
     p = tmp_path_factory.mktemp("w") / "encoder.safetensors"
