@@ -98,6 +98,7 @@ def _add_stage_flags(p: argparse.ArgumentParser, stage: str):
         elif isinstance(kind, dict): g.add_argument(flag, dest=dest, help=f"{help} [{key}]", **kind)
         else: g.add_argument(flag, dest=dest, type=kind, help=f"{help} [{key}]")
 
+# %% ../nbs/90_cli.ipynb #55d340ae
 def _stage_overrides(args, stage: str) -> list[str]:
     return [_opt(key, getattr(args, key.replace(".", "__"))) for _, key, _, _ in STAGE_FLAGS[stage]]
 
@@ -254,6 +255,7 @@ def _data_parser(sub):
     q.add_argument("--out", metavar="FILE", default="skipped.csv", help="the skipped list (default %(default)s)")
     p.set_defaults(func=cmd_data)
 
+# %% ../nbs/90_cli.ipynb #06d8d0eb
 def build_parser() -> argparse.ArgumentParser:
     from medsae import __version__
     from medsae.stages import STAGE

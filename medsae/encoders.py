@@ -92,6 +92,7 @@ class MedCLIPVisionSwin(nn.Module):
         if pixel_values.shape[1] == 1: pixel_values = pixel_values.repeat((1, 3, 1, 1))
         return self.projection_head(self.model(pixel_values=pixel_values).pooler_output)
 
+# %% ../nbs/20_encoders.ipynb #56075f4b
 def bio_clinical_bert_config():
     "Bio_ClinicalBERT's architecture (BERT-base, cased vocabulary of 28,996), built without a download."
     from transformers import BertConfig
@@ -174,6 +175,7 @@ def read_checkpoint(path: str | Path) -> dict:
         return torch.load(data, map_location="cpu", weights_only=True)
     return torch.load(path, map_location="cpu", weights_only=True)
 
+# %% ../nbs/20_encoders.ipynb #dfea2dfc
 def load_official_weights(model: MedCLIPModel, path: str | Path) -> dict:
     "Load official MedCLIP weights strictly; only the known stale keys are tolerated. Returns a report."
     swin = isinstance(model.vision_model, MedCLIPVisionSwin)
@@ -239,6 +241,7 @@ def _check_finite(emb: torch.Tensor, ids=None):
         raise EncoderError(f"non-finite (NaN or Inf) embeddings for images {which[:20]}")
     return emb
 
+# %% ../nbs/20_encoders.ipynb #6145df5a
 class MedCLIPEncoder(Encoder):
     "A MedCLIP model (any vision tower) as an `Encoder`."
     def __init__(self, model: MedCLIPModel, name: str, tokenizer=None, image_size: int = 224, weights_path=None,
@@ -294,6 +297,7 @@ class OpenCLIPEncoder(Encoder):
     @torch.no_grad()
     def encode_texts(self, texts): return F.normalize(self.model.encode_text(self.tokenizer(list(texts)).to(self.device)).float(), dim=-1)
 
+# %% ../nbs/20_encoders.ipynb #505d1085
 class HFCLIPEncoder(Encoder):
     "A transformers `CLIPModel` with its tokenizer and image processor."
     def __init__(self, model, tokenizer=None, image_processor=None, name: str = "hf-clip"):

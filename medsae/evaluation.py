@@ -65,6 +65,7 @@ def _fixed_stats(r: np.ndarray, mono) -> dict:
                 mean_best_r=float(np.nanmean(r[bi, cls])) if len(bi) else np.nan,
                 mean_best_entropy=float(np.nanmean(h[bi])) if len(bi) else np.nan)
 
+# %% ../nbs/52_evaluation.ipynb #b149383b
 def paired_bootstrap(units: dict, y: np.ndarray, labels: Sequence[str], mask: np.ndarray | None = None,
                      n_boot: int = 1000, seed: int = 0, threshold: float = 0.2, block: int = 25,
                      progress: bool = False) -> pd.DataFrame:
@@ -120,6 +121,7 @@ def _ci(v: np.ndarray, est: float) -> tuple[float, float, float]:
     if not len(v) or not np.isfinite(est): return np.nan, np.nan, np.nan
     return float(2 * est - np.percentile(v, 97.5)), float(2 * est - np.percentile(v, 2.5)), float(v.mean() - est)
 
+# %% ../nbs/52_evaluation.ipynb #e3027d87
 def compare_units(units: dict, y: np.ndarray, labels: Sequence[str], mask: np.ndarray | None = None,
                   threshold: float = 0.2, n_boot: int = 1000, n_perm: int = 200, seed: int = 0,
                   detector_top: float = 0.30, ms_emb: np.ndarray | None = None, ms_sample: int = 2000,
@@ -307,6 +309,7 @@ def polysemanticity(auc: np.ndarray, min_auroc: float = 0.75) -> dict:
     return dict(units=int(len(k)), responsive=int(len(resp)), mean_concepts=float(resp.mean()) if len(resp) else 0.0,
                 share_multi=float((resp >= 2).mean()) if len(resp) else 0.0, max_concepts=int(k.max()) if len(k) else 0)
 
+# %% ../nbs/52_evaluation.ipynb #45dbf3c1
 def ground_truth_table(sae_acts, raw_acts, concepts: Concepts, min_auroc: float = 0.9, margin: float = 0.1) -> tuple[pd.DataFrame, dict]:
     "The recovered-concept table (SAE latents vs raw dimensions) and the summary rates."
     from sklearn.metrics import average_precision_score
@@ -405,6 +408,7 @@ def paper_table(tab: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
                                           f"{g(r, 'mean_max_r_null_mean'):.3f} (p = {g(r, 'mean_max_r_null_p'):.3g})")})
     return pd.DataFrame(rows)
 
+# %% ../nbs/52_evaluation.ipynb #738f01d5
 def evaluation_stage_run(act_dir: str | Path, store_path: str | Path, out: str | Path, cfg, labels: Sequence[str],
                          policy, seed: int = 0, phantom_dir: str | Path | None = None, progress: bool = True) -> dict:
     """Monosemanticity of SAE latents vs raw dimensions on `cfg.split` (best units also chosen on `valid`), with

@@ -368,6 +368,7 @@ def _hist(ax, atlas: LatentAtlas, j: int):
     ax.set_title(f"{atlas.n_images - len(vals)} zero activations not shown", fontsize=8)
     ax.tick_params(labelsize=7)
 
+# %% ../nbs/80_explorer.ipynb #3f775826
 def _corr_bars(ax, r: pd.Series, order: Sequence[str] | None = None, lim: float | None = None):
     if not len(r):
         ax.text(0.5, 0.5, "no label columns", ha="center", va="center", transform=ax.transAxes); return
@@ -454,6 +455,7 @@ def compare_panel(atlas: LatentAtlas, i: int, j: int, n: int = 6, dpi: int = 80)
 # %% ../nbs/80_explorer.ipynb #c9287830
 DEMO_PLANTED = {0: "Edema", 1: "Cardiomegaly", 2: "Pleural Effusion", 3: "Support Devices"}
 
+# %% ../nbs/80_explorer.ipynb #49a57bb3
 def make_demo_run(folder: str | Path, n_images: int = 60, n_latents: int = 40, seed: int = 0,
                   naming: bool = True, image_size: int = 48) -> tuple[Path, Path]:
     "Write a small run folder and its images under `folder`; returns `(run_dir, image_root)`."
@@ -525,6 +527,7 @@ def _png_output(fig: Figure, text: str) -> dict:
 
 def _text_output(text: str) -> dict: return {"output_type": "stream", "name": "stdout", "text": text + "\n"}
 
+# %% ../nbs/80_explorer.ipynb #dea374fa
 class Explorer:
     "An ipywidgets browser over a `LatentAtlas`: search, concept filter, latent dropdown, compare mode, image count."
 

@@ -86,6 +86,7 @@ class CodesFolder(Folder):
     "The SAE's codes of one split, stored sparse, with the store's index rows."
     files = dict(codes="codes.npz", index="index.csv", meta="activations.json")
 
+# %% ../nbs/03_layout.ipynb #e53aecf1
 class ActivationsFolder(Folder):
     "The SAE's codes of every split (one `CodesFolder` each)."
     def split(self, name: str) -> CodesFolder: return CodesFolder(self.path / name)
@@ -131,41 +132,26 @@ def sibling(path: str | os.PathLike, suffix: str) -> Path:
 # %% ../nbs/03_layout.ipynb #a35b35a3
 class RunLayout(Folder):
     "The folders of one run `runs/<name>/`: one per stage (named as the stage), plus notebooks and caches."
-    files = dict(lock=".lock")
+    folders: dict[str, tuple[str, type]] = dict(
+        phantom=("phantom", DatasetFolder), labels=("labels", LabelsRoot), encoder=("encoder", EncoderFolder),
+        extract=("extract", ExtractFolder), sae=("sae", SAEFolder), activations=("activations", ActivationsFolder),
+        evaluate=("evaluate", MetricsFolder), name_stage=("name", NamesFolder),
+        score_names=("score-names", ScoresFolder), report=("report", ReportFolder), cache=("cache", CacheFolder))
+    "attribute -> (folder name, folder class); the folder name is the stage's name."
+    def __getattr__(self, attr: str):
+        if attr in RunLayout.folders:
+            sub, cls = RunLayout.folders[attr]
+            return cls(self.path / sub)
+        return super().__getattr__(attr)
     @property
     def name(self) -> str: return self.path.name
     @property
-    def phantom(self) -> DatasetFolder: return DatasetFolder(self.path / "phantom")
-    @property
-    def labels(self) -> LabelsRoot:
-        "Label statistics per table (`chexpert`: the CheXpert label table; `phantom`: PhantomCXR's train.csv)."
-        return LabelsRoot(self.path / "labels")
-    @property
-    def encoder(self) -> EncoderFolder: return EncoderFolder(self.path / "encoder")
-    @property
-    def extract(self) -> ExtractFolder: return ExtractFolder(self.path / "extract")
-    @property
-    def sae(self) -> SAEFolder: return SAEFolder(self.path / "sae")
-    @property
-    def activations(self) -> ActivationsFolder: return ActivationsFolder(self.path / "activations")
-    @property
-    def evaluate(self) -> MetricsFolder: return MetricsFolder(self.path / "evaluate")
-    @property
-    def name_stage(self) -> NamesFolder: return NamesFolder(self.path / "name")
-    @property
-    def score_names(self) -> ScoresFolder: return ScoresFolder(self.path / "score-names")
-    @property
-    def report(self) -> ReportFolder: return ReportFolder(self.path / "report")
-    @property
     def notebooks(self) -> Path: return self.path / "notebooks"
-    @property
-    def cache(self) -> CacheFolder: return CacheFolder(self.path / "cache")
     def stage(self, stage: str) -> Folder:
         "The folder of a stage by its name (`name` and `score-names` included)."
-        attr = {"name": "name_stage", "score-names": "score_names"}.get(stage, stage)
-        f = getattr(self, attr, None)
-        if not isinstance(f, Folder): raise KeyError(f"no stage folder {stage!r}")
-        return f
+        for attr, (sub, _) in RunLayout.folders.items():
+            if sub == stage: return getattr(self, attr)
+        raise KeyError(f"no stage folder {stage!r}")
 
 # %% ../nbs/03_layout.ipynb #51f45e4f
 class FiguresFolder(Folder):

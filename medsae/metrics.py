@@ -36,6 +36,7 @@ def _check_xy(acts, y, mask=None, names: Sequence[str] | None = None):
         lab = names[c] if names is not None else c
         raise MetricError(f"label {lab!r} is not finite at row {r}: apply a label policy (label_matrix) first")
 
+# %% ../nbs/51_metrics.ipynb #e22e4cab
 @dataclass
 class CorrelationStats:
     "Sufficient statistics of the Pearson correlation between m units and k labels, accumulated over image chunks."
@@ -88,6 +89,7 @@ class CorrelationStats:
 def _row_chunks(acts, chunk: int):
     for s in range(0, acts.shape[0], chunk): yield s, min(s + chunk, acts.shape[0])
 
+# %% ../nbs/51_metrics.ipynb #6cc9e6c4
 @dataclass
 class Correlations:
     "Pearson r of units x labels, with the units and labels where it is undefined (constant) listed, never hidden."

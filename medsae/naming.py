@@ -119,6 +119,7 @@ class Namer(Protocol):
 def text_hash(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+# %% ../nbs/60_naming.ipynb #540bbdd6
 class NameCache:
     """Append-only JSONL of `NameResult`s keyed by (unit kind, unit, namer, prompt hash). Each record is flushed and
     fsynced when written, so a crash loses at most the answer in flight; a torn last line is ignored on reading."""
@@ -252,6 +253,7 @@ def attribute_table(index: pd.DataFrame, labels: Sequence[str], policy, meta: pd
             att["age 70 or older"] = (age >= 70).to_numpy(); att["age under 40"] = (age < 40).to_numpy()
     return att
 
+# %% ../nbs/60_naming.ipynb #394fe163
 class EnrichmentNamer:
     "Names units by the attribute most over-represented among their top activating images."
     name = "enrichment"

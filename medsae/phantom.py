@@ -267,6 +267,7 @@ def f_lung_lesion(an: Anatomy, rng, s: float, side=None):
     return DMU * np.minimum(chord, t), dict(side=side, kind="mass" if radius_mm >= 15 else "nodule",
                                             diameter_mm=round(2 * radius_mm, 1), row=int(cr), col=int(cc))
 
+# %% ../nbs/11_phantom.ipynb #372cbd3c
 def f_edema(an: Anatomy, rng, s: float):
     "Bilateral perihilar (batwing) haze and interstitial (Kerley B) lines at the lung bases."
     n, m = an.n, an.marks
@@ -340,6 +341,7 @@ def f_pneumonia(an: Anatomy, rng, s: float):
     dl, p = f_consolidation(an, rng, s, patchy=True)
     return dl, {**p, "pattern": "patchy"}
 
+# %% ../nbs/11_phantom.ipynb #b779f570
 def f_atelectasis(an: Anatomy, rng, s: float, lobe=None):
     "Lobar collapse: the lobe's thickness map shrunk toward the hilum, dense; plate-like bands when mild."
     n, m = an.n, an.marks
@@ -414,6 +416,7 @@ def f_pleural_other(an: Anatomy, rng, s: float, side=None):
     dl = DMU * (45 if not calcified else 90) * band
     return dl, dict(side=side, plaques=k, max_thickness_mm=round(3 + 12 * s, 1), calcified=calcified)
 
+# %% ../nbs/11_phantom.ipynb #b33428b2
 def f_fracture(an: Anatomy, rng, s: float, side=None, rib=None):
     "A rib fracture: a gap across the rib at its lateral arc, the distal part displaced."
     n = an.n
@@ -554,6 +557,7 @@ def _paste(img, stamp, r, c, value=1.0):
     r, c = int(max(0, min(img.shape[0] - h, r))), int(max(0, min(img.shape[1] - w, c)))
     img[r:r + h, c:c + w] = np.maximum(img[r:r + h, c:c + w], value * stamp)
 
+# %% ../nbs/11_phantom.ipynb #ce642dc0
 def render(an: Anatomy, findings: dict[str, float], nuisance: dict, rng, out_size: int | None = None) -> tuple[np.ndarray, dict]:
     """Render one radiograph. `findings` maps observation name -> severity in [0, 1].
 

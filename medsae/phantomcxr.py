@@ -104,6 +104,7 @@ def _plan_key(cfg: PhantomConfig, seed: int, policy: LabelPolicy) -> dict:
 def _write_csv(df: pd.DataFrame, path: Path):
     with atomic_path(path) as tmp: df.to_csv(tmp, index=False, float_format="%.6g")
 
+# %% ../nbs/13_phantomcxr.ipynb #02614ed1
 def generate_phantom(out_dir: str | Path, cfg: PhantomConfig = PhantomConfig(), seed: int = 0,
                      policy: LabelPolicy = LabelPolicy(), table: pd.DataFrame | None = None,
                      anatomy: Anatomy | None = None, chunk: int = 250, progress: bool = True,
@@ -181,6 +182,7 @@ def generate_phantom(out_dir: str | Path, cfg: PhantomConfig = PhantomConfig(), 
     shutil.rmtree(work)
     return man
 
+# %% ../nbs/13_phantomcxr.ipynb #8906cce0
 def sha256_of_images(root: Path, paths) -> str:
     "One hash over every image file's bytes, in table order."
     import hashlib

@@ -68,6 +68,7 @@ def _read(p: Path) -> str: return p.read_text() if p.exists() else ""
 
 def _md_table(df: pd.DataFrame) -> str: return df.to_markdown(index=False)
 
+# %% ../nbs/70_report.ipynb #de4fd1e2
 def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "") -> str:
     """The results page (markdown) of a run: the paper's tables and figures beside this run's. `R`: the run's
     `RunLayout`; `figures`: its `FiguresFolder`; images are linked as prefix + their name in the figures folder."""
@@ -173,11 +174,12 @@ def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "") -
     return "\n".join(L) + "\n"
 
 # %% ../nbs/70_report.ipynb #3879234e
-def report_stage_run(cfg, run, figures, out: str | Path, n_panels: int = 3, max_umap: int = 2000) -> dict:
+def report_stage_run(cfg, run, figures, out: str | Path, image_root: str | Path | None = None, n_panels: int = 3,
+                     max_umap: int = 2000) -> dict:
     """Example latent panels, the decoder UMAP (at most `max_umap` latents) and the results page of the run whose
     `RunLayout` is `run`: `out/RESULTS.md` (images linked by their names in the `FiguresFolder` `figures`, where the
     stage layer publishes it) and `out/RESULTS_repo.md` (links into `figures/`: the snapshot committed as the
-    repository's RESULTS.md)."""
+    repository's RESULTS.md). `image_root`: the dataset folder of the example panels' images."""
     from medsae.activations import ExportedSAE, load_activations
     from medsae.data import save_figure
     from medsae.layout import ReportFolder
@@ -191,8 +193,7 @@ def report_stage_run(cfg, run, figures, out: str | Path, n_panels: int = 3, max_
         extra["best_named"] = best[["unit", "namer", "concept", "accuracy", "precision", "recall", "f1"]].to_dict("records")
         try:
             from medsae.explorer import LatentAtlas, latent_panel
-            from medsae.stages import data_root
-            atlas = LatentAtlas.from_run(run, data_root(cfg), split=cfg.naming.eval_split)
+            atlas = LatentAtlas.from_run(run, image_root, split=cfg.naming.eval_split)
             extra["panels"] = []
             for j in best.unit.head(n_panels):
                 save_figure(latent_panel(atlas, int(j)), out.panel(int(j)))

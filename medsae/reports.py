@@ -83,6 +83,7 @@ def _side(s: str) -> str | None:
     b = "bilateral" in l or "bibasilar" in l or "both" in l or ("right" in l and "left" in l)
     return "bilateral" if b else "right" if "right" in l else "left" if "left" in l else None
 
+# %% ../nbs/12_reports.ipynb #9c4c5183
 @dataclass
 class SentenceBank:
     "Real report sentences sorted by the observation they affirm or negate."
@@ -171,6 +172,7 @@ def _fill(template: str, p: dict) -> str:
     try: return template.format(**q)
     except (KeyError, ValueError): return re.sub(r"\{[^}]*\}", "", template).replace("  ", " ")
 
+# %% ../nbs/12_reports.ipynb #6bd6f0ea
 def compose_report(bank: SentenceBank, planted: dict[str, dict], rng) -> dict:
     """A report for an image whose planted findings are `planted` ({observation: params}).
 

@@ -15,8 +15,9 @@ from .config import Config, ConfigError, config_values, load_config
 from .layout import FiguresFolder, RunLayout, sibling
 
 # %% auto #0
-__all__ = ['STAGES', 'STAGE', 'COMMANDS', 'Stage', 'data_root', 'label_policy', 'encoder_weights', 'run_encoder', 'StaleResult',
-           'Pipeline', 'reproduce', 'NotebookStage', 'notebook_stage', 'pipeline_notebooks', 'run_notebooks']
+__all__ = ['STAGES', 'STAGE', 'COMMANDS', 'Stage', 'data_root', 'label_policy', 'encoder_weights', 'dataset_splits',
+           'check_splits', 'run_encoder', 'StaleResult', 'Pipeline', 'reproduce', 'NotebookStage', 'notebook_stage',
+           'pipeline_notebooks', 'run_notebooks']
 
 # %% ../nbs/89_stages.ipynb #84bb1471
 @dataclass(frozen=True)
@@ -51,6 +52,22 @@ def encoder_weights(cfg: Config) -> Path | None:
     if cfg.encoder.weights is not None: return Path(cfg.encoder.weights)
     return RunLayout(cfg.run_dir).encoder.weights if cfg.encoder.name == "medclip-phantom" else None
 
+def dataset_splits(cfg: Config) -> tuple[str, ...]:
+    "The splits of the run's dataset: PhantomCXR's three, or the tables a dataset on disk has."
+    from medsae.layout import DatasetFolder
+    if cfg.data.dataset == "phantom" and cfg.data.root is None: return ("train", "valid", "test")
+    root = DatasetFolder(data_root(cfg))
+    return tuple(s for s in ("train", "valid", "test") if root.table(s).exists())
+
+def check_splits(cfg: Config):
+    "Every split the config names exists in the dataset: fail before any work, naming the field."
+    have = dataset_splits(cfg)
+    if not have: raise ConfigError(f"data.root: {data_root(cfg)} holds no train.csv / valid.csv / test.csv")
+    for key, split in (("metrics.split", cfg.metrics.split), ("naming.split", cfg.naming.split),
+                       ("naming.eval_split", cfg.naming.eval_split)):
+        if split not in have:
+            raise ConfigError(f"{key}: {split!r} is not a split of {data_root(cfg)} (it has {', '.join(have)})")
+
 def run_encoder(cfg: Config):
     "The run's encoder, as the extract stage builds it (the name and score-names stages use its text tower)."
     from medsae.encoders import build_encoder
@@ -72,9 +89,9 @@ def _phantom(p, run) -> dict:
 def _label_tables(cfg: Config) -> dict[str, Path]:
     "The label tables the labels stage summarises: the run's PhantomCXR train.csv and the CheXpert training table."
     from medsae.assets import asset_path
-    L = RunLayout(cfg.run_dir)
+    from medsae.layout import DatasetFolder
     if cfg.data.dataset == "phantom":
-        return {"phantom": L.phantom.table("train"), "chexpert": asset_path("chexpert_train")}
+        return {"phantom": DatasetFolder(data_root(cfg)).table("train"), "chexpert": asset_path("chexpert_train")}
     csv = Path(cfg.data.train_csv or "train.csv")
     return {"chexpert": csv if csv.is_absolute() else data_root(cfg) / csv}
 
@@ -112,6 +129,7 @@ def _activations(p, run) -> dict:
     from medsae.activations import activations_stage_run
     return activations_stage_run(p.layout.extract.store, p.layout.sae.saelens, run.path)
 
+# %% ../nbs/89_stages.ipynb #7e97d43c
 def _evaluate(p, run) -> dict:
     from medsae.evaluation import evaluation_stage_run
     cfg = p.cfg
@@ -169,25 +187,26 @@ def _score_names(p, run) -> dict:
 
 def _report(p, run) -> dict:
     from medsae.report import report_stage_run
-    return report_stage_run(p.cfg, p.layout, p.figures, run.path)
+    return report_stage_run(p.cfg, p.layout, p.figures, run.path, data_root(p.cfg))
 
 # %% ../nbs/89_stages.ipynb #23725d10
 def _is_phantom(cfg): return cfg.data.dataset == "phantom"
-def _trains_encoder(cfg): return _is_phantom(cfg) and cfg.encoder.name == "medclip-phantom" and cfg.encoder.weights is None
+def _renders_phantom(cfg): return _is_phantom(cfg) and cfg.data.root is None      # else the set is on disk already
+def _trains_encoder(cfg): return _renders_phantom(cfg) and cfg.encoder.name == "medclip-phantom" and cfg.encoder.weights is None
 
 def _extract_external(p) -> dict:
     "Hashes of what extraction reads from outside the run: the weights file, a CheXpert copy's tables."
     from medsae.provenance import cached_sha256
     cfg = p.cfg
     ext = dict(weights=cached_sha256(cfg.encoder.weights) if cfg.encoder.weights is not None else None)
-    if not _is_phantom(cfg):
+    if not _renders_phantom(cfg):                     # a dataset on disk: its tables are inputs
         root = data_root(cfg)
         ext["tables"] = {s: cached_sha256(root / f"{s}.csv") for s in ("train", "valid", "test") if (root / f"{s}.csv").exists()}
     return ext
 
 def _labels_external(p) -> dict:
     from medsae.provenance import cached_sha256
-    return {k: cached_sha256(t) for k, t in _label_tables(p.cfg).items() if k != "phantom"}
+    return {k: cached_sha256(t) for k, t in _label_tables(p.cfg).items() if k != "phantom" or not _renders_phantom(p.cfg)}
 
 def _tables(*names):
     "Publish tables (csv + md) and figures (png + svg) of a stage folder by their layout names."
@@ -196,7 +215,7 @@ def _tables(*names):
 STAGES: tuple[Stage, ...] = (
     Stage("phantom", "PhantomCXR: radiographs rendered from a real CT with planted findings", (),
           ("phantom", "data.uncertain", "data.blank"), _phantom,
-          lambda L: [L.phantom.findings, L.phantom.nuisance], _is_phantom),
+          lambda L: [L.phantom.findings, L.phantom.nuisance], _renders_phantom),
     Stage("labels", "label statistics and the paper's balanced subsets", ("phantom",),
           ("data.labels", "data.uncertain", "data.blank", "data.frontal_only", "data.subset_per_class"), _labels,
           lambda L: [L.labels.table("chexpert").counts, L.labels.table("chexpert").counts_figure], external=_labels_external),
@@ -232,6 +251,7 @@ COMMANDS: tuple[str, ...] = tuple(s.name for s in STAGES if s.part_of is None)
 class StaleResult(ConfigError):
     "An upstream result that another config (or another upstream result) made."
 
+# %% ../nbs/89_stages.ipynb #b90ec9d9
 class Pipeline:
     "The stages of one run: reuse what is up to date, make what is not, publish tables and figures."
     def __init__(self, cfg: Config, figures: str | Path = "figures", argv: list[str] | None = None,
@@ -289,6 +309,7 @@ class Pipeline:
         from medsae.provenance import stage_run
         if name not in STAGE: raise ConfigError(f"unknown stage {name!r}; stages: {list(COMMANDS)}")
         st = STAGE[name]
+        check_splits(self.cfg)
         if not self.applies(name):
             raise ConfigError(f"stage {name!r} does not apply to this config (data.dataset={self.cfg.data.dataset!r}, "
                               f"encoder.name={self.cfg.encoder.name!r})")
@@ -361,17 +382,16 @@ class NotebookStage:
             elif p.exists(): display(Markdown(f"`{p}`"))
             else: display(Markdown(f"*`{p.name}` was not made by this run*"))
 
-def notebook_stage(stage: str, config: str | None = None, overrides: list[str] = (), figures: str = "figures",
-                   workdir: str | None = None) -> NotebookStage:
+def notebook_stage(stage: str, config: str | None = None, overrides: list[str] = (),
+                   figures: str = "figures") -> NotebookStage:
     "The one set-up line of a pipeline notebook: load the config, run every stage up to `stage`, show its results."
     import os
     from medsae.provenance import repo_root
-    if workdir is not None: os.chdir(workdir)
-    elif (Path.cwd() / "settings.ini").exists() is False and repo_root() in Path.cwd().parents:
+    if (repo_root() / "nbs") in (Path.cwd(), *Path.cwd().parents):
         os.chdir(repo_root())                # opened in JupyterLab inside nbs/: relative paths are the repository's
     cfg = load_config(_from_root(config), list(overrides))
-    p = Pipeline(cfg, _from_root(figures) if not Path(figures).is_absolute() else figures)
-    if stage != "explore": p.until(stage)
+    p = Pipeline(cfg, figures)
+    p.until("score-names" if stage == "explore" else stage)
     return NotebookStage(p, stage)
 
 # %% ../nbs/89_stages.ipynb #78e85dc7
@@ -398,7 +418,7 @@ def run_notebooks(config: str | None, overrides: list[str], figures: str = "figu
         t0 = time.time()
         log(f"[pipeline] {nb.name}")
         params = dict(config=str(Path(config).resolve()) if config else None, overrides=list(overrides),
-                      figures=str(Path(figures).resolve()), workdir=str(Path.cwd()))
+                      figures=str(Path(figures).resolve()))
         if stage == "explore": params["static"] = True      # an executed copy is read without a kernel
         try: pm.execute_notebook(str(nb), str(out / nb.name), cwd=str(Path.cwd()), progress_bar=False, parameters=params)
         except pm.PapermillExecutionError as e:

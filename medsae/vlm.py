@@ -159,6 +159,7 @@ _WORD = r"(yes|no|true|false|present|absent|[01])\b"
 _LABELLED = [re.compile(r"\bimage\s*#?\s*(\d+)\s*(?:[:.)=\-\u2013\u2014]|is)?\s*[*_\"']*\s*" + _WORD, re.I),
              re.compile(r"(?m)^\s*[*_]*\s*(\d+)\s*[:.)=\-\u2013\u2014]\s*[*_\"']*\s*" + _WORD, re.I)]
 
+# %% ../nbs/61_vlm.ipynb #61835b02
 def parse_binary_list(text: str | None, n: int) -> list[int] | None:
     "Exactly `n` 0/1 verdicts read from a judge's answer `text`; None when there are not exactly n (never raises)."
     if not isinstance(text, str) or not isinstance(n, int) or n <= 0: return None
@@ -332,6 +333,7 @@ class TransformersVLM:
                         results[i] = VLMResult(None, f"{type(e1).__name__}: {e1}", time.perf_counter() - t1, self.name)
         return results
 
+# %% ../nbs/61_vlm.ipynb #34b519ed
 def _as_list(x) -> list:
     return [] if x is None else list(x) if isinstance(x, (list, tuple)) else [x]
 
@@ -383,6 +385,7 @@ GEMMA3_CHAT_TEMPLATE = (
     "    {{'<start_of_turn>model\\n'}}\n"
     "{%- endif -%}\n")
 
+# %% ../nbs/61_vlm.ipynb #366f1cd1
 def tiny_gemma3(out_dir: str | Path, seed: int = 0) -> Path:
     "Write a tiny, randomly initialised Gemma 3 image-text-to-text checkpoint (model, processor, tokenizer) to `out_dir`."
     import string

@@ -37,17 +37,20 @@ def weights(tmp_path_factory):
     return p
 
 
-def _extract_cmd(phantom, weights, out, extra=()):
+def _extract_cmd(phantom, weights, out_root, extra=()):
+    "`medsae extract` of a dataset on disk with given weights, into the run `<out_root>/default/extract/`."
     exe = Path(sys.executable).parent / "medsae"
-    return [str(exe), "extract", "--data", str(phantom), "--out", str(out), "--encoder", "medclip-phantom",
-            "--weights", str(weights), "--batch-size", "8", "--workers", "0", "--device", "cpu", *extra]
+    return [str(exe), "extract", "--data", str(phantom), "--encoder", "medclip-phantom", "--weights", str(weights),
+            "--batch-size", "8", "--workers", "0", "--device", "cpu", "--set", f"run.out_root={out_root}",
+            "--figures", str(Path(out_root) / "figures"), *extra]
 
 
 def test_killed_extraction_resumes_without_loss_or_duplication(tmp_path, phantom, weights):
-    clean = tmp_path / "clean"
-    subprocess.run(_extract_cmd(phantom, weights, clean), check=True, capture_output=True, timeout=600)
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(_extract_cmd(phantom, weights, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    from medsae.layout import RunLayout
+    subprocess.run(_extract_cmd(phantom, weights, tmp_path / "clean"), check=True, capture_output=True, timeout=600)
+    clean = RunLayout(tmp_path / "clean" / "default").extract.store
+    proc = subprocess.Popen(_extract_cmd(phantom, weights, tmp_path / "k"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = tmp_path / "k" / "default" / "extract.partial" / "store"      # the stage's folder while it is written
     prog = killed / "progress-0-of-1.json"
     t0 = time.time()
     while time.time() - t0 < 300:
@@ -58,8 +61,9 @@ def test_killed_extraction_resumes_without_loss_or_duplication(tmp_path, phantom
     assert 0 < done_at_kill < 400, done_at_kill                    # really killed mid-way
     assert not EmbeddingStore(killed).complete
     with pytest.raises(StoreError, match="not complete"): EmbeddingStore(killed).split("train")
-    subprocess.run(_extract_cmd(phantom, weights, killed), check=True, capture_output=True, timeout=600)
-    a, b = EmbeddingStore(clean), EmbeddingStore(killed)
+    subprocess.run(_extract_cmd(phantom, weights, tmp_path / "k"), check=True, capture_output=True, timeout=600)
+    assert not killed.exists()                                     # finished: the stage folder took its final name
+    a, b = EmbeddingStore(clean), EmbeddingStore(RunLayout(tmp_path / "k" / "default").extract.store)
     assert a.complete and b.complete
     assert np.array_equal(a.embeddings(), b.embeddings())          # bit-identical, every row once
     assert a.index().equals(b.index()) and a.ok().all()

@@ -28,3 +28,19 @@ def test_config_as_papermill_parameters(tmp_path):
     assert cfg["data"]["dataset"] == "chexpert" and cfg["sae"]["l1"] == 1e-4 and cfg["run"]["seed"] == 5
     executed = nbformat.read(out, as_version=4)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+
+
+def test_pipeline_notebook_runs_where_jupyterlab_opens_it(tmp_path):
+    "Opened in JupyterLab, a pipeline notebook's folder is nbs/_pipeline/: relative paths still mean the repository's."
+    from conftest import TINY
+    src = ROOT / "nbs" / "_pipeline" / "01_phantom.ipynb"
+    pm = Path(sys.executable).parent / "papermill"
+    overrides = [*TINY, f"run.out_root={tmp_path}", "phantom.n_train=8", "phantom.n_valid=4", "phantom.n_test=4"]
+    r = subprocess.run([str(pm), str(src), str(tmp_path / "out.ipynb"), "--cwd", str(src.parent), "-k", "python3",
+                        "-p", "config", "configs/default.yaml", "-p", "figures", str(tmp_path / "figures"),
+                        "-y", json.dumps({"overrides": overrides})], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "default" / "phantom" / "provenance.json").exists()
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    images = [o for c in executed.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 2                                   # the findings and nuisance figures, shown inline

@@ -195,18 +195,21 @@ def test_resume_after_a_crash_loses_and_duplicates_nothing(tmp_path, table, an, 
     (["--set", "phantom.severity_min=0.8", "--set", "phantom.severity_max=0.2"], "severity_min"),
 ])
 def test_bad_config_names_the_field(tmp_path, args, field):
-    r = run_cli("phantom", "--out", tmp_path / "p", "--n-valid", "1", "--n-test", "1", *args, check=False)
-    assert r.returncode == 2 and field in r.stderr, r.stderr
+    r = run_cli("phantom", "--set", f"run.out_root={tmp_path}", "--n-valid", "1", "--n-test", "1", *args, check=False)
+    assert r.returncode == 2 and field in r.stderr and r.stderr.count("\n") <= 4, r.stderr
+    assert not (tmp_path / "default" / "phantom" / "provenance.json").exists()   # nothing partial looks complete
 
 
 def test_cli_is_deterministic_across_worker_counts(tmp_path):
     common = ["--n-train", "20", "--n-valid", "4", "--n-test", "4", "--seed", "2"]
-    run_cli("phantom", "--out", tmp_path / "a", "--workers", "1", *common)
-    run_cli("phantom", "--out", tmp_path / "b", "--workers", "2", *common)
-    a, b = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in "ab")
-    assert a["images_sha256"] == b["images_sha256"] and a["tables_sha256"] == b["tables_sha256"]
-    for f in ("train.csv", "ground_truth.csv", "reports.csv"):
-        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+    from medsae.layout import RunLayout
+    for d, w in (("a", "1"), ("b", "2")):
+        run_cli("phantom", "--set", f"run.out_root={tmp_path / d}", "--figures", tmp_path / d / "figures", "--workers", w, *common)
+    a, b = (RunLayout(tmp_path / d / "default").phantom for d in "ab")
+    ma, mb = (json.loads(p.manifest.read_text()) for p in (a, b))
+    assert ma["images_sha256"] == mb["images_sha256"] and ma["tables_sha256"] == mb["tables_sha256"]
+    for f in (a.table("train"), a.ground_truth, a.reports):
+        assert f.read_bytes() == (b / f.name).read_bytes()
 
 
 @pytest.mark.parametrize("name", list(FINDINGS))

@@ -72,3 +72,29 @@ def test_readme_leads_with_the_two_commands():
     assert "make reproduce" in text and "make test" in text
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in ci
+
+
+def test_no_import_cycle():
+    "The package's modules import each other (at the top or inside functions) without a cycle."
+    import ast
+    graph = {}
+    for f in sorted((ROOT / "medsae").glob("*.py")):
+        if f.stem.startswith("_"): continue
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                mod = node.module or ""
+                if node.level == 1: deps.add(mod.split(".")[0] if mod else "")
+                elif mod.startswith("medsae."): deps.add(mod.split(".")[1])
+                elif mod == "medsae": deps |= {a.name for a in node.names}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name.split(".")[1] for a in node.names if a.name.startswith("medsae.")}
+        graph[f.stem] = {d for d in deps if d and d != f.stem}
+    state = {}
+    def visit(m, path):
+        if state.get(m) == "done": return
+        assert state.get(m) != "open", f"import cycle: {' -> '.join(path + [m])}"
+        state[m] = "open"
+        for d in sorted(graph.get(m, ())): visit(d, path + [m])
+        state[m] = "done"
+    for m in graph: visit(m, [])

@@ -1,0 +1,42 @@
+"""The default encoder's budget is steps, not seconds: the same config and seed give the same training and the same
+AUROC table whether the machine is fast or slow (here: 1 or 2 CPU threads, and a machine slowed down by a busy
+neighbour), to the precision the results page prints."""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from medsae.config import EncoderTrainingConfig, PhantomConfig
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    from medsae.phantomcxr import generate_phantom
+    d = tmp_path_factory.mktemp("ph") / "p"
+    generate_phantom(d, PhantomConfig(n_train=96, n_valid=24, n_test=48, workers=1), seed=2, progress=False)
+    return d
+
+
+def _busy(stop):
+    "A neighbour that keeps a core busy (a slower machine)."
+    while not stop.is_set(): sum(i * i for i in range(10_000))
+
+
+def test_same_steps_and_numbers_on_a_fast_and_a_slow_machine(tmp_path, phantom):
+    from medsae.encoder_training import train_phantom_encoder
+    runs = []
+    for threads, slow in ((2, False), (1, True)):
+        cfg = EncoderTrainingConfig(image_size=64, widths=[8, 16, 32, 64], epochs=2, batch_size=32, threads=threads)
+        stop = threading.Event(); t = threading.Thread(target=_busy, args=(stop,), daemon=True)
+        if slow: t.start()
+        t0 = time.time()
+        meta, _ = train_phantom_encoder(phantom, tmp_path / f"e{threads}", cfg, seed=1, progress=False)
+        stop.set()
+        runs.append((meta, time.time() - t0))
+    (a, _), (b, _) = runs
+    assert a["steps"] == b["steps"] == 2 * (96 // 32)
+    la, lb = [e["loss"] for e in a["log"]], [e["loss"] for e in b["log"]]
+    np.testing.assert_allclose(la, lb, rtol=1e-4)
+    for k in ("zero_shot_auroc", "probe_auroc"):
+        assert {f: round(v, 3) for f, v in a[k].items()} == {f: round(v, 3) for f, v in b[k].items()}, k
