@@ -135,7 +135,7 @@ def cmd_stage(args) -> int:
     p = Pipeline(cfg, args.figures, argv=sys.argv)
     p.run(args.stage, make_upstream=False)
     print(_summary(p, args.stage))
-    print(f"[{args.stage}] results in {p.layout.stage(args.stage)}; tables and figures in {Path(args.figures).resolve()}")
+    print(f"[{args.stage}] results in {p.layout.stage(args.stage).path}; tables and figures in {Path(args.figures).resolve()}")
     return 0
 
 # %% ../nbs/90_cli.ipynb #8ea3bb19

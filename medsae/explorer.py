@@ -76,7 +76,7 @@ class LatentAtlas:
         if self.image_root is None or not self.image_root.is_dir():
             self.missing.append(f"image root {self.image_root} not found: image tiles are blank")
         self._cache, self.cache_size, self.thumb_size = OrderedDict(), cache_size, thumb_size
-        self._csc = self._ym = self._text = None
+        self._csc = self._ym = self._text = self._r_all = None
 
     @classmethod
     def from_run(cls, run_dir: str | Path, image_root: str | Path | None = None, split: str = "train",
@@ -257,17 +257,35 @@ class LatentAtlas:
             self._text = t
         return self._text
 
+    def all_label_correlations(self) -> np.ndarray:
+        "Pearson r of every latent with every label, `(latents, labels)` (cached; NaN where constant)."
+        if self._r_all is None:
+            y, mask = self.label_matrix()
+            self._r_all = correlations(self.csc, y, self.labels, mask).r
+        return self._r_all
+
     def search(self, text: str, min_auroc: float = 0.8) -> list[int]:
         """Latents whose name (any namer) contains `text` (case-insensitive), whose best planted concept does (with
-        AUROC >= `min_auroc`), or that are a label's best unit in `best_units.csv` for a matching label; a number
-        matches that latent. Ascending."""
+        AUROC >= `min_auroc`), or that are a label's best unit for a matching label; a number matches that latent.
+        Ranked by how strongly each carries what was searched: the number first, then by the larger of its Pearson r
+        with the matching labels and 2 (AUROC - 0.5) of its matching planted concept; latents that match by name
+        alone follow, most active first."""
         q = str(text).strip().lower()
         if not q: return self.alive().tolist()
         t = self._search_text()
         hits = {u for u, s in t["name"].items() if q in s} | {u for u, s in t["label"].items() if q in s}
         hits |= {u for u, (c, a) in t["truth"].items() if q in c and a >= min_auroc}
-        if q.lstrip("#").isdigit() and int(q.lstrip("#")) < self.n_latents: hits.add(int(q.lstrip("#")))
-        return sorted(hits)
+        number = int(q.lstrip("#")) if q.lstrip("#").isdigit() and int(q.lstrip("#")) < self.n_latents else None
+        if number is not None: hits.add(number)
+        labs = [i for i, l in enumerate(self.labels) if q in l.lower()]
+        r = self.all_label_correlations()[:, labs] if labs else None
+        def score(u):
+            if u == number: return np.inf
+            s = [float(np.nanmax(r[u]))] if r is not None and np.isfinite(r[u]).any() else []
+            c, a = t["truth"].get(u, ("", 0.0))
+            if q in c and a >= min_auroc: s.append(2 * (a - 0.5))
+            return max(s) if s else -2 + self.frequency(u)        # a name match alone: below every carrier
+        return sorted(hits, key=lambda u: (-score(u), u))
 
     def short_name(self, j: int) -> str:
         "A one-line description for menus: the first successful name, else the best concept, else how often it fires."
@@ -554,7 +572,7 @@ class Explorer:
         self._refilter(first=atlas.featured(1))
 
     def candidates(self) -> list[int]:
-        "The latents passing the current search and concept filter (concept: by AUROC, else ascending)."
+        "The latents passing the current search and concept filter (concept: by AUROC, else by relevance to the search)."
         hits = self.atlas.search(self.search.value, self.min_auroc)
         if self.concept.value != "all":
             keep = set(hits)

@@ -289,17 +289,19 @@ class Pipeline:
         why += [f"{k} changed" for k, v in now["external"].items() if then.get("external", {}).get(k) != v]
         return why or ["made by an older version of the stage"]
 
-    def _upstream(self, name: str, make: bool):
+    def _upstream(self, name: str, make: bool, own: bool = True):
+        "Make (pipeline) or check (a command) the stages `name` reads; `own`: `name` is the stage being run."
         for n in STAGE[name].needs:
             if n in self.done or not self.applies(n): continue
-            if make: self.run(n, make_upstream=True); continue
-            self._upstream(n, make=False)
+            if make or (own and STAGE[n].part_of == name):   # a step of the command's own stage (activations: evaluate)
+                self.run(n, make_upstream=make); continue
+            self._upstream(n, make=False, own=False)
             why = self.stale(n)
             if why == ["missing"]:
-                raise StaleResult(f"{self.layout.stage(n)} does not exist: run `medsae {STAGE[n].part_of or n}` "
+                raise StaleResult(f"{self.layout.stage(n).path} does not exist: run `medsae {STAGE[n].part_of or n}` "
                                   f"(or `medsae reproduce`) for run {self.cfg.run.name!r} first")
             if why:
-                raise StaleResult(f"{self.layout.stage(n)} was made by another config ({'; '.join(why)}): rerun "
+                raise StaleResult(f"{self.layout.stage(n).path} was made by another config ({'; '.join(why)}): rerun "
                                   f"`medsae {STAGE[n].part_of or n}` with this config, or choose another run name "
                                   f"(--set run.name=...)")
             self.done[n] = Path(self.layout.stage(n))
@@ -315,7 +317,7 @@ class Pipeline:
                               f"encoder.name={self.cfg.encoder.name!r})")
         self._upstream(name, make_upstream)
         why = self.stale(name)
-        if not why: self.log(f"[{name}] up to date: {self.layout.stage(name)}")
+        if not why: self.log(f"[{name}] up to date: {self.layout.stage(name).path}")
         else:
             self.log(f"[{name}] {st.title}" + ("" if why == ["missing"] else f" (again: {'; '.join(why)})"))
             depends = self.depends(name)

@@ -1,10 +1,10 @@
 """The default encoder's budget is steps, not seconds: the same config and seed give the same training and the same
-AUROC table whether the machine is fast or slow (here: 1 or 2 CPU threads, and a machine slowed down by a busy
-neighbour), to the precision the results page prints."""
+AUROC table whether the machine is fast or slow (here: a machine slowed down by a busy neighbour). The thread count
+is part of the config (`encoder_training.threads`): CPU kernels sum in another order with another thread count, and
+training amplifies that (measured: 1 against 2 threads, epoch-2 loss 3.518 against 3.562)."""
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from medsae.config import EncoderTrainingConfig, PhantomConfig
@@ -26,17 +26,17 @@ def _busy(stop):
 def test_same_steps_and_numbers_on_a_fast_and_a_slow_machine(tmp_path, phantom):
     from medsae.encoder_training import train_phantom_encoder
     runs = []
-    for threads, slow in ((2, False), (1, True)):
-        cfg = EncoderTrainingConfig(image_size=64, widths=[8, 16, 32, 64], epochs=2, batch_size=32, threads=threads)
+    for run, slow in (("fast", False), ("slow", True)):
+        cfg = EncoderTrainingConfig(image_size=64, widths=[8, 16, 32, 64], epochs=2, batch_size=32, threads=2)
         stop = threading.Event(); t = threading.Thread(target=_busy, args=(stop,), daemon=True)
         if slow: t.start()
         t0 = time.time()
-        meta, _ = train_phantom_encoder(phantom, tmp_path / f"e{threads}", cfg, seed=1, progress=False)
+        meta, _ = train_phantom_encoder(phantom, tmp_path / run, cfg, seed=1, progress=False)
         stop.set()
         runs.append((meta, time.time() - t0))
-    (a, _), (b, _) = runs
+    (a, ta), (b, tb) = runs
+    assert tb > ta                                            # the neighbour really slowed the second run down
     assert a["steps"] == b["steps"] == 2 * (96 // 32)
-    la, lb = [e["loss"] for e in a["log"]], [e["loss"] for e in b["log"]]
-    np.testing.assert_allclose(la, lb, rtol=1e-4)
+    assert [e["loss"] for e in a["log"]] == [e["loss"] for e in b["log"]]     # the same training, to the bit
     for k in ("zero_shot_auroc", "probe_auroc"):
         assert {f: round(v, 3) for f, v in a[k].items()} == {f: round(v, 3) for f, v in b[k].items()}, k
