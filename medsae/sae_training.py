@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .config import SAEConfig
 from .provenance import atomic_path, atomic_write_json, environment_info, sha256_bytes
-from .sae import SAE, Normaliser, build_sae
+from .sae import SAE, Normaliser, build_sae, code_dense
 
 # %% auto #0
 __all__ = ['SAELENS_ARCH', 'SAETrainingError', 'check_embeddings', 'data_hash', 'sae_from_config', 'lr_at', 'batch_metrics',
@@ -41,7 +41,7 @@ def data_hash(x: torch.Tensor) -> str:
     return sha256_bytes(x.contiguous().numpy().tobytes())[:16]
 
 def sae_from_config(cfg: SAEConfig, d: int) -> SAE:
-    return build_sae(cfg.arch, d, cfg.expansion * d, l1=cfg.l1, k=cfg.k, auxk_alpha=cfg.auxk_alpha)
+    return build_sae(cfg.arch, d, cfg.expansion * d, l1=cfg.l1, k=cfg.k, auxk_alpha=cfg.auxk_alpha, kernel=cfg.kernel)
 
 def lr_at(step: int, total: int, cfg: SAEConfig) -> float:
     "Warm-up, constant, then linear decay to 0 after `decay_start` of training."
@@ -54,6 +54,7 @@ def lr_at(step: int, total: int, cfg: SAEConfig) -> float:
 @torch.no_grad()
 def batch_metrics(x: torch.Tensor, x_hat: torch.Tensor, f: torch.Tensor) -> dict:
     "MSE, FVE, L0, L1, cosine similarity of one batch (normalised space)."
+    f = code_dense(f)
     mse = ((x - x_hat) ** 2).sum(-1).mean()
     var = ((x - x.mean(0)) ** 2).sum(-1).mean()
     return dict(mse=float(mse), fve=float(1 - mse / var), l0=float((f > 0).float().sum(-1).mean()),
@@ -193,15 +194,16 @@ def train_sae(x_raw: torch.Tensor, cfg: SAEConfig = SAEConfig(), seed: int = 0, 
         opt.step()
         sae.renorm_decoder()
         with torch.no_grad():
-            fired = (out["f"] > 0).any(0)
+            fired = out["fired"] if "fired" in out else (out["f"] > 0).any(0)
             since += len(xb); since[fired] = 0
         step += 1; seen += len(xb)
         if cfg.resample_every and step % cfg.resample_every == 0:
             resample_dead(sae, opt, xb, since >= cfg.dead_window, torch.Generator().manual_seed(seed * 7919 + step))
         if step % cfg.log_every == 0 or step == end:
-            m = batch_metrics(xb, out["x_hat"].detach(), out["f"].detach())
+            fd = code_dense(out["f"].detach())
+            m = batch_metrics(xb, out["x_hat"].detach(), fd)
             m.update(step=step, loss=lv, lr=opt.param_groups[0]["lr"], dead=float((since >= cfg.dead_window).float().mean()),
-                     dense=float(((out["f"] > 0).float().mean(0) > 0.1).float().mean()),
+                     dense=float(((fd > 0).float().mean(0) > 0.1).float().mean()),
                      samples_per_s=seen / max(time.time() - t0, 1e-9))
             log.append(m)
             bar.set_postfix(fve=f"{m['fve']:.3f}", l0=f"{m['l0']:.1f}", dead=f"{m['dead']:.2f}")
@@ -322,7 +324,7 @@ def sweep(x_train: torch.Tensor, x_valid: torch.Tensor, cfg: SAEConfig, seed: in
             opt.zero_grad(set_to_none=True); out["loss"].backward()
             s.remove_parallel_grad(); opt.step(); s.renorm_decoder()
             with torch.no_grad():
-                since[name] += len(xb); since[name][(out["f"] > 0).any(0)] = 0
+                since[name] += len(xb); since[name][out["fired"] if "fired" in out else (out["f"] > 0).any(0)] = 0
     secs = time.time() - t0
     rows = []
     for name, (s, p) in models.items():
