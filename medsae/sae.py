@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -112,6 +113,7 @@ def _aux_loss(sae: SAE, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor,
     return ((e - e_hat) ** 2).sum(-1).mean() / ((e - e.mean(0)) ** 2).sum(-1).mean().clamp_min(1e-8)
 
 # %% ../nbs/40_sae.ipynb #5a1e0002
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 SPARSE_MAX_DENSITY = 0.1   # fraction of active code entries above which the dense kernels win (bench_sae.py --crossover)
 
 def _offsets(idx: torch.Tensor, n: int) -> torch.Tensor:
@@ -154,7 +156,8 @@ class SparseCode:
     def tdecode(self, vals, Y):
         "code^T (m, B) @ Y (B, d)"
         return F.embedding_bag(self.rows_t, Y, self.ccol[:-1], mode="sum", per_sample_weights=vals[self.perm])
-    def csr(self, vals) -> torch.Tensor: return torch.sparse_csr_tensor(self.crow, self.cols, vals, (self.B, self.m))
+    def csr(self, vals) -> torch.Tensor:
+        return torch.sparse_csr_tensor(self.crow, self.cols, vals, (self.B, self.m), check_invariants=False)
     def sample(self, A, W):
         "(A (B, d) @ W (m, d)^T) at the active entries"
         return torch.sparse.sampled_addmm(self.csr(torch.zeros_like(self.cols, dtype=A.dtype)), A, W.t(), beta=0).values()
@@ -274,7 +277,7 @@ class TopKSAE(SAE):
                  kernel: str = "auto"):
         super().__init__(d, m)
         self.k, self.auxk_alpha, self.k_aux, self.kernel = k, auxk_alpha, k_aux or d // 2, kernel
-        self.W_enc.data = self.W_dec.data.t().clone()
+        self.W_enc.data = self.W_dec.data.t().contiguous()
 
     def activation(self, pre):
         v, i = F.relu(pre).topk(self.k, dim=-1)

@@ -90,7 +90,7 @@ def load_checkpoint(path: Path, sae: SAE, opt: torch.optim.Optimizer) -> tuple[d
     sae.load_state_dict(sd)
     ot = load_file(str(path / "optimizer.safetensors"))
     for n, p in sae.named_parameters():
-        st = {k.split(".", 1)[1]: (v if k.endswith(".step") else v.to(p.device)) for k, v in ot.items() if k.split(".", 1)[0] == n}
+        st = {k.split(".", 1)[1]: (v if k.endswith(".step") and not opt.defaults.get("fused") else torch.empty_like(p).copy_(v) if v.shape == p.shape else v.to(p.device)) for k, v in ot.items() if k.split(".", 1)[0] == n}
         if st: opt.state[p] = st
     return json.loads((path / "state.json").read_text()), ot["since_fired"].to(sae.W_enc.device)
 
@@ -100,8 +100,10 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 # %% ../nbs/41_sae_training.ipynb #835ec979
 def _optimizer(sae: SAE, cfg: SAEConfig):
-    if cfg.optimizer == "adamw": return torch.optim.AdamW(sae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(sae.parameters(), lr=cfg.lr)
+    "Adam or AdamW, fused where torch has it (CPU, CUDA): one pass per parameter, 5x the per-tensor loop on 2 CPU cores."
+    kw = dict(fused=True) if sae.W_enc.device.type in ("cpu", "cuda") else {}
+    if cfg.optimizer == "adamw": return torch.optim.AdamW(sae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **kw)
+    return torch.optim.Adam(sae.parameters(), lr=cfg.lr, **kw)
 
 def total_steps(n: int, cfg: SAEConfig) -> int:
     return cfg.max_steps or cfg.epochs * max(1, n // cfg.batch_size)
