@@ -154,6 +154,7 @@ def train_sae(x_raw: torch.Tensor, cfg: SAEConfig = SAEConfig(), seed: int = 0, 
     torch.manual_seed(seed)
     sae = sae or sae_from_config(cfg, d)
     if sae.d != d: raise SAETrainingError(f"embeddings have dimension {d}, the SAE expects {sae.d}")
+    if hasattr(sae, "kernel"): sae.kernel = cfg.kernel               # the config decides the training kernels
     norm = Normaliser.fit(x_raw)
     dev = _device(cfg)
     x = norm(x_raw).to(dev)

@@ -78,7 +78,7 @@ def cfg_for(arch, l0, kernel):
 def initial_sae(arch, l0):
     "The same starting SAE for every method: seed 0, b_dec at the trainer's median, ReLU b_enc placed for L0 = l0."
     torch.manual_seed(0)
-    s = build_sae(arch, d, m, l1=0.3, k=l0)
+    s = build_sae(arch, d, m, l1=0.3, k=l0, kernel="auto")
     x = Normaliser.fit(X)(X)
     s.init_from_data(x[batch_indices(len(x), 0, cfg_for(arch, l0, "auto"), 0)][:4096])
     if arch == "relu":
