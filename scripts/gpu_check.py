@@ -39,7 +39,7 @@ from medsae.encoders import build_medclip
 from medsae.extract import dataset_table, extract
 from medsae.phantomcxr import generate_phantom
 
-n_img, bs = (8, 4) if Q else (512, 64)
+n_img, bs = (4, 2) if Q else (512, 64)
 with tempfile.TemporaryDirectory() as d:
     root = Path(d) / "p"
     generate_phantom(root, PhantomConfig(n_train=n_img + bs, n_valid=1, n_test=1), progress=False)

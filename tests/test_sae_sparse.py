@@ -76,3 +76,18 @@ def test_code_dense_roundtrip():
     from medsae.sae import SparseCode
     c = SparseCode.from_dense(f)
     assert torch.equal(code_dense(c.csr(c.gather(f))), f) and code_dense(f) is f
+
+
+def test_gpu_check_runs_quick_on_cpu():
+    "scripts/gpu_check.sh --quick: every path of the GPU-ready check (extraction, SAE kernels, tiny-Gemma naming)."
+    import os, subprocess, sys
+    from pathlib import Path
+    from medsae.assets import AssetError, asset_path
+    try: asset_path("chexpert_train")
+    except AssetError as e: pytest.skip(str(e))
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run(["bash", str(root / "scripts/gpu_check.sh"), "--quick", "--device", "cpu", "--threads", "2"],
+                       capture_output=True, text=True, env=dict(os.environ, PYTHON=sys.executable), timeout=480)
+    assert r.returncode == 0, r.stderr[-2000:]
+    table = [l for l in r.stdout.splitlines() if l.startswith("| ") and not l.startswith("| what")]
+    assert len(table) == 8 and "SAE relu sparse" in r.stdout and "4/4 answered" in r.stdout, r.stdout
