@@ -10,8 +10,9 @@ For each architecture (ReLU + L1, BatchTopK) and each target L0 (default 32, 64,
 
 The ReLU SAE's L0 is set by its training history; to measure each target L0 the ReLU rows start from the same
 initial SAE with b_enc placed so that L0 = target, then train (L1 keeps it there). BatchTopK has L0 = k. FVE and L0
-are measured after training, on the training data, in inference mode. `--sweep N` adds the sweep: N ReLU SAEs in
-one `sweep` pass against N sequential `train_sae` runs (same kernels), and against N sequential dense runs.
+are measured after training, on the training data, in inference mode. `--sweep N` adds the sweep:
+N BatchTopK SAEs (k = 32, 64, ...) in one `sweep` pass against N sequential `train_sae` runs (same kernels), and
+against N sequential dense runs.
 `--crossover` times one ReLU step dense vs sparse over L0 (how SPARSE_MAX_DENSITY was chosen). Asserts nothing.
 
     python scripts/bench_sae.py [--steps 20] [--l0 32 64 256] [--archs relu batchtopk] [--sweep 4] [--peer-python P]
@@ -38,7 +39,7 @@ ap.add_argument("--l0", type=int, nargs="+", default=[32, 64, 256])
 ap.add_argument("--archs", nargs="+", default=["relu", "batchtopk"])
 ap.add_argument("--device", default="cpu", help="cpu or cuda (peers run on the CPU only)")
 ap.add_argument("--no-bare", action="store_true", help="skip the bare autograd loop")
-ap.add_argument("--sweep", type=int, default=0, help="also time a sweep of N ReLU SAEs (one pass vs N runs)")
+ap.add_argument("--sweep", type=int, default=0, help="also time a sweep of N BatchTopK SAEs (one pass vs N runs)")
 ap.add_argument("--crossover", action="store_true", help="also time one ReLU step dense vs sparse over L0")
 ap.add_argument("--json", help="write the rows here too")
 ap.add_argument("--peer-python", help="a throwaway venv's python with sae-lens / dictionary-learning / overcomplete")
@@ -159,10 +160,10 @@ for r in rows:
           f"{r['samples_per_s'] / bound:.2f} | {fv} | {l0r} |")
 
 if args.sweep:
-    # N ReLU SAEs at 8192 latents sharing the data: one `sweep` pass vs N sequential train_sae runs
+    # N BatchTopK SAEs at 8192 latents (k = 32, 64, 128, ...) sharing the data: one `sweep` pass vs N train_sae runs
     n = args.sweep
-    l1s = [0.1 * 2 ** i for i in range(n)]
-    base = SAEConfig(arch="relu", batch_size=B, sweep_epochs=1, sweep_expansion=[m // d], sweep_l1=l1s, lr=3e-4,
+    ks = [32 * 2 ** i for i in range(n)]
+    base = SAEConfig(arch="batchtopk", batch_size=B, sweep_epochs=1, sweep_expansion=[m // d], sweep_k=ks, lr=3e-4,
                      threads=args.threads, device=args.device)
     Xs = X[: B * S]                                      # one epoch of S steps
     res = {}
@@ -170,12 +171,13 @@ if args.sweep:
         c = base.model_copy(update=dict(kernel=kernel))
         t = time.perf_counter(); tab, _ = sweep(Xs, X[:2048], c, progress=False); t_sweep = time.perf_counter() - t
         t = time.perf_counter()
-        for l1 in l1s:
-            train_sae(Xs, c.model_copy(update=dict(l1=l1, max_steps=S, log_every=S)), progress=False)
+        for k in ks:
+            s1, _ = train_sae(Xs, c.model_copy(update=dict(k=k, max_steps=S, log_every=S)), progress=False)
+            evaluate_sae(s1, X[:2048])
         t_seq = time.perf_counter() - t
         res[kernel] = (t_sweep, t_seq, tab)
     ts, tq, tab = res["sparse"]
-    print(f"\nsweep of {n} ReLU SAEs ({m} latents, l1 {l1s}, {S} steps each, L0 after: "
+    print(f"\nsweep of {n} BatchTopK SAEs ({m} latents, k {ks}, {S} steps each, held-out L0 after: "
           f"{', '.join(f'{v:.0f}' for v in tab['l0'])}):")
     print(f"| | seconds | ratio to {n} sequential runs (same kernels) | ratio to {n} sequential dense runs |")
     print("|---|---|---|---|")
