@@ -6,15 +6,18 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 # %% auto #0
-__all__ = ['SAE_CLASSES', 'geometric_median', 'Normaliser', 'SAE', 'ReLUSAELoss', 'ReLUSAE', 'TopKSAE', 'BatchTopKSAE',
+__all__ = ['SPARSE_MAX_DENSITY', 'SAE_CLASSES', 'geometric_median', 'Normaliser', 'SAE', 'SparseCode', 'code_dense',
+           'SparseDecode', 'SparsePre', 'ReLUSAELoss', 'ReLUSAE', 'TopKSAE', 'topk_flat', 'BatchTopKSAE',
            'MatryoshkaSAE', 'build_sae']
 
 # %% ../nbs/40_sae.ipynb #29a09dec
@@ -110,13 +113,112 @@ def _aux_loss(sae: SAE, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor,
     e_hat = torch.zeros_like(acts).scatter_(1, i, v) @ sae.W_dec
     return ((e - e_hat) ** 2).sum(-1).mean() / ((e - e.mean(0)) ** 2).sum(-1).mean().clamp_min(1e-8)
 
+# %% ../nbs/40_sae.ipynb #5a1e0002
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+SPARSE_MAX_DENSITY = 0.1   # fraction of active code entries above which the dense kernels win (bench_sae.py --crossover)
+
+def _offsets(idx: torch.Tensor, n: int) -> torch.Tensor:
+    "CSR offsets (n + 1) of a sorted or unsorted index vector."
+    off = torch.zeros(n + 1, dtype=torch.long, device=idx.device)
+    off[1:] = torch.bincount(idx, minlength=n).cumsum(0)
+    return off
+
+def _sort(a: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    "Sorted integer indices; numpy's sort on CPU (torch's parallel sort of 65k indices measured 1-200 ms on 2 busy cores)."
+    if a.device.type != "cpu": return a.sort(dim).values
+    return torch.from_numpy(np.sort(a.numpy(), axis=dim))
+
+def _argsort_cols(cols: torch.Tensor, m: int) -> torch.Tensor:
+    "Stable argsort of column indices in [0, m): numpy's radix sort on CPU (16-bit keys), torch's sort elsewhere."
+    if cols.device.type != "cpu": return torch.argsort(cols, stable=True)
+    return torch.from_numpy(np.argsort(cols.numpy().astype(np.int16 if m <= 2 ** 15 else np.int32), kind="stable"))
+
+class SparseCode:
+    "Where a (B, m) code is nonzero: row-major `rows`/`cols` (CSR order) and the column-major permutation."
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, B: int, m: int):
+        self.rows, self.cols, self.B, self.m = rows, cols, B, m
+        self.crow, self.ccol = _offsets(rows, B), _offsets(cols, m)
+        self.perm = _argsort_cols(cols, m)
+        self.rows_t = rows[self.perm]
+
+    @classmethod
+    def from_dense(cls, f: torch.Tensor) -> "SparseCode":
+        rows, cols = f.nonzero().unbind(1)
+        return cls(rows, cols, *f.shape)
+
+    @classmethod
+    def from_topk(cls, idx: torch.Tensor, m: int) -> "SparseCode":
+        "From (B, k) column indices per row."
+        B, k = idx.shape
+        return cls(torch.arange(B, device=idx.device).repeat_interleave(k), _sort(idx, 1).flatten(), B, m)
+
+    @classmethod
+    def from_flat(cls, idx: torch.Tensor, B: int, m: int) -> "SparseCode":
+        "From indices into the flattened (B, m) code."
+        idx = _sort(idx)
+        return cls(idx // m, idx % m, B, m)
+
+    @property
+    def nnz(self) -> int: return self.cols.numel()
+    def gather(self, a: torch.Tensor) -> torch.Tensor: return a[self.rows, self.cols]
+    def decode(self, vals, W):
+        "code (B, m) @ W (m, d)"
+        return F.embedding_bag(self.cols, W, self.crow[:-1], mode="sum", per_sample_weights=vals)
+    def tdecode(self, vals, Y):
+        "code^T (m, B) @ Y (B, d)"
+        return F.embedding_bag(self.rows_t, Y, self.ccol[:-1], mode="sum", per_sample_weights=vals[self.perm])
+    def csr(self, vals) -> torch.Tensor:
+        return torch.sparse_csr_tensor(self.crow, self.cols, vals, (self.B, self.m), check_invariants=False)
+    def sample(self, A, W):
+        "(A (B, d) @ W (m, d)^T) at the active entries"
+        return torch.sparse.sampled_addmm(self.csr(torch.zeros_like(self.cols, dtype=A.dtype)), A, W.t(), beta=0).values()
+    def fired(self, vals) -> torch.Tensor:
+        out = torch.zeros(self.m, dtype=torch.bool, device=vals.device)
+        out[self.cols[vals > 0]] = True
+        return out
+
+def code_dense(f: torch.Tensor) -> torch.Tensor:
+    "A code as a dense (B, m) tensor (the sparse kernels return CSR codes)."
+    return f if f.layout == torch.strided else f.to_dense()
+
+class SparseDecode(torch.autograd.Function):
+    "x_hat - b_dec = code @ W_dec from the code's values at its pattern; gradients for the values and W_dec."
+    @staticmethod
+    def forward(ctx, vals, W_dec, code: SparseCode):
+        ctx.save_for_backward(vals, W_dec); ctx.code = code
+        return code.decode(vals, W_dec)
+
+    @staticmethod
+    def backward(ctx, g):
+        vals, W = ctx.saved_tensors
+        g = g.contiguous()
+        gv = ctx.code.sample(g, W) if ctx.needs_input_grad[0] else None
+        gW = ctx.code.tdecode(vals, g) if ctx.needs_input_grad[1] else None
+        return gv, gW, None
+
+class SparsePre(torch.autograd.Function):
+    "Pre-activations (x - b_dec) W_enc + b_enc at a pattern, read from the dense `pre`; sparse gradients."
+    @staticmethod
+    def forward(ctx, pre, xc, W_enc, b_enc, b_dec, code: SparseCode):
+        ctx.save_for_backward(xc, W_enc); ctx.code = code
+        return code.gather(pre)
+
+    @staticmethod
+    def backward(ctx, g):
+        xc, W_enc = ctx.saved_tensors
+        c = ctx.code
+        gW_enc = c.tdecode(g, xc).t()
+        gb_enc = torch.zeros(c.m, dtype=g.dtype, device=g.device).index_add_(0, c.cols, g)
+        return None, None, gW_enc, gb_enc, -(W_enc @ gb_enc), None
+
 # %% ../nbs/40_sae.ipynb #e1a5874a
 class ReLUSAELoss(torch.autograd.Function):
     "loss = mean_b sum_d (x - x_hat)^2 + l1 mean_b sum_j f, f = relu((x - b_dec) W_enc + b_enc), x_hat = f W_dec + b_dec."
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, l1: float):
-        xc = x - b_dec
-        f = torch.addmm(b_enc, xc, W_enc).clamp_(min=0)
+    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, l1: float, xc=None, f=None):
+        if f is None:                                             # else: the caller's xc and f = relu(pre)
+            xc = x - b_dec
+            f = torch.addmm(b_enc, xc, W_enc).clamp_(min=0)
         e = torch.addmm(b_dec, f, W_dec).sub_(x)                 # x_hat - x
         B = x.shape[0]
         mse = (e * e).sum() / B
@@ -136,20 +238,39 @@ class ReLUSAELoss(torch.autograd.Function):
         gW_enc = xc.t() @ gpre
         gb_enc = gpre.sum(0)
         gb_dec = ge.sum(0) - W_enc @ gb_enc
-        return None, gW_enc, gb_enc, gW_dec, gb_dec, None
+        return None, gW_enc, gb_enc, gW_dec, gb_dec, None, None, None
 
 class ReLUSAE(SAE):
-    "ReLU + L1 (the paper's): loss = mean_b sum_d (x - x_hat)^2 + l1 * mean_b ||f||_1."
+    """ReLU + L1 (the paper's): loss = mean_b sum_d (x - x_hat)^2 + l1 * mean_b ||f||_1. `kernel`: `dense` (the
+    five GEMMs), `sparse` (dense encoder, sparse rest) or `auto` (sparse once the batch's codes are sparse enough)."""
     arch = "relu"
-    def __init__(self, d: int, m: int, l1: float = 3e-5):
+    def __init__(self, d: int, m: int, l1: float = 3e-5, kernel: str = "auto"):
         super().__init__(d, m)
-        self.l1 = l1
+        self.l1, self.kernel = l1, kernel
 
     def activation(self, pre): return F.relu(pre)
 
     def loss(self, x, l1_scale: float = 1.0, **kw) -> dict:
-        loss, mse, l1, f, x_hat = ReLUSAELoss.apply(x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.l1 * l1_scale)
-        return dict(loss=loss, mse=mse, l1=l1, f=f, x_hat=x_hat)
+        l1 = self.l1 * l1_scale
+        xc = f = None
+        if self.kernel != "dense":
+            with torch.no_grad():
+                xc = x - self.b_dec
+                f = torch.addmm(self.b_enc, xc, self.W_enc).clamp_(min=0)
+            nnz = int(torch.count_nonzero(f))
+            if self.kernel == "sparse" or nnz <= SPARSE_MAX_DENSITY * f.numel(): return self._loss_sparse(x, xc, f, l1)
+        loss, mse, l1t, f, x_hat = ReLUSAELoss.apply(x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, l1, xc, f)
+        return dict(loss=loss, mse=mse, l1=l1t, f=f, x_hat=x_hat)
+
+    def _loss_sparse(self, x, xc, f, l1):
+        code = SparseCode.from_dense(f)
+        vals = SparsePre.apply(f, xc, self.W_enc, self.b_enc, self.b_dec, code)     # = pre > 0 at the pattern
+        x_hat = SparseDecode.apply(vals, self.W_dec, code) + self.b_dec
+        B = x.shape[0]
+        mse = ((x_hat - x) ** 2).sum() / B
+        l1t = vals.sum() / B
+        return dict(loss=mse + l1 * l1t, mse=mse.detach(), l1=l1t.detach(), f=code.csr(vals.detach()),
+                    x_hat=x_hat.detach(), fired=code.fired(vals))
 
     def loss_autograd(self, x, l1_scale: float = 1.0) -> torch.Tensor:
         "The same loss through autograd (the reference for the hand-written backward)."
@@ -160,20 +281,25 @@ class ReLUSAE(SAE):
 
 # %% ../nbs/40_sae.ipynb #12911569
 class TopKSAE(SAE):
-    "Top-k per sample; AuxK on dead latents."
+    """Top-k per sample; AuxK on dead latents. `kernel`: `dense`, `sparse` (dense encoder, the rest on the k active
+    latents per sample) or `auto` (sparse when k / m <= SPARSE_MAX_DENSITY)."""
     arch = "topk"
-    def __init__(self, d: int, m: int, k: int = 64, auxk_alpha: float = 1 / 32, k_aux: int | None = None):
+    def __init__(self, d: int, m: int, k: int = 64, auxk_alpha: float = 1 / 32, k_aux: int | None = None,
+                 kernel: str = "auto"):
         super().__init__(d, m)
-        self.k, self.auxk_alpha, self.k_aux = k, auxk_alpha, k_aux or d // 2
-        self.W_enc.data = self.W_dec.data.t().clone()
+        self.k, self.auxk_alpha, self.k_aux, self.kernel = k, auxk_alpha, k_aux or d // 2, kernel
+        self.W_enc.data = self.W_dec.data.t().contiguous()
 
     def activation(self, pre):
         v, i = F.relu(pre).topk(self.k, dim=-1)
         return torch.zeros_like(pre).scatter_(-1, i, v)
 
     def train_activation(self, pre): return self.activation(pre)
+    def select(self, pre) -> SparseCode: return SparseCode.from_topk(F.relu(pre).topk(self.k, dim=-1).indices, self.m)
+    def use_sparse(self) -> bool: return self.kernel == "sparse" or (self.kernel == "auto" and self.k <= SPARSE_MAX_DENSITY * self.m)
 
     def loss(self, x, dead: torch.Tensor | None = None, **kw) -> dict:
+        if self.use_sparse(): return self._loss_sparse(x, dead)
         pre = self.pre_acts(x)
         f = self.train_activation(pre)
         x_hat = self.decode(f)
@@ -181,21 +307,51 @@ class TopKSAE(SAE):
         aux = _aux_loss(self, x, x_hat, pre, dead, self.k_aux)
         return dict(loss=mse + self.auxk_alpha * aux, mse=mse, l1=f.abs().sum(-1).mean(), aux=aux, f=f, x_hat=x_hat)
 
+    def _loss_sparse(self, x, dead):
+        with torch.no_grad():
+            xc = x - self.b_dec
+            pre = torch.addmm(self.b_enc, xc, self.W_enc)
+            code = self.select(pre)
+        vals = F.relu(SparsePre.apply(pre, xc, self.W_enc, self.b_enc, self.b_dec, code))
+        x_hat = SparseDecode.apply(vals, self.W_dec, code) + self.b_dec
+        mse = ((x - x_hat) ** 2).sum(-1).mean()
+        aux = x.new_zeros(())
+        if dead is not None and dead.any():                       # AuxK as in _aux_loss, on the sparse kernels
+            e = (x - x_hat).detach()
+            with torch.no_grad(): ca = SparseCode.from_topk((F.relu(pre) * dead).topk(min(self.k_aux, int(dead.sum())), dim=1).indices, self.m)
+            va = F.relu(SparsePre.apply(pre, xc, self.W_enc, self.b_enc, self.b_dec, ca)) * dead[ca.cols]
+            e_hat = SparseDecode.apply(va, self.W_dec, ca)
+            aux = ((e - e_hat) ** 2).sum(-1).mean() / ((e - e.mean(0)) ** 2).sum(-1).mean().clamp_min(1e-8)
+        return dict(loss=mse + self.auxk_alpha * aux, mse=mse, l1=vals.detach().sum() / x.shape[0], aux=aux,
+                    f=code.csr(vals.detach()), x_hat=x_hat.detach(), fired=code.fired(vals))
+
     def config(self): return dict(super().config(), k=self.k, auxk_alpha=self.auxk_alpha, k_aux=self.k_aux)
+
+def topk_flat(a: torch.Tensor, n: int, stride: int = 31) -> tuple[torch.Tensor, torch.Tensor]:
+    """`a.topk(n)` of a flat tensor, exactly, for n << a.numel(): a strided sample gives a lower bound that keeps
+    about 2n candidates, and the top n are taken among them (all of `a`'s top n are candidates; else `a.topk(n)`)."""
+    N = a.numel()
+    if 8 * n > N: return a.topk(n)
+    s = a[::stride]
+    r = min(s.numel(), int(2 * n * s.numel() / N) + 16)
+    lo = s.topk(r).values[-1]
+    cand = (a > lo).nonzero().flatten()
+    if cand.numel() < n: return a.topk(n)
+    v, j = a[cand].topk(n)
+    return v, cand[j]
 
 class BatchTopKSAE(TopKSAE):
     "BatchTopK in training (k x B activations over the batch); a learned global threshold at inference."
     arch = "batchtopk"
-    def __init__(self, d, m, k=64, auxk_alpha=1 / 32, k_aux=None, threshold_beta: float = 0.999):
-        super().__init__(d, m, k, auxk_alpha, k_aux)
+    def __init__(self, d, m, k=64, auxk_alpha=1 / 32, k_aux=None, threshold_beta: float = 0.999, kernel: str = "auto"):
+        super().__init__(d, m, k, auxk_alpha, k_aux, kernel)
         self.threshold_beta = threshold_beta
         self.register_buffer("threshold", torch.tensor(-1.0))
 
-    def batch_activation(self, pre):
-        a = F.relu(pre)
-        flat = a.flatten()
-        v, i = flat.topk(min(self.k * a.shape[0], flat.numel()))
-        f = torch.zeros_like(flat).scatter_(0, i, v).view_as(a)
+    def _batch_topk(self, pre):
+        "The k x B largest activations of the batch (flat indices); updates the inference threshold in training."
+        flat = F.relu(pre).flatten()
+        v, i = topk_flat(flat, min(self.k * pre.shape[0], flat.numel()))
         if self.training:
             with torch.no_grad():
                 kept = v[v > 0]
@@ -203,7 +359,13 @@ class BatchTopKSAE(TopKSAE):
                     lo = kept.min()
                     self.threshold.copy_(lo if self.threshold < 0 else
                                          self.threshold_beta * self.threshold + (1 - self.threshold_beta) * lo)
-        return f
+        return v, i
+
+    def batch_activation(self, pre):
+        v, i = self._batch_topk(pre)
+        return torch.zeros(pre.numel(), dtype=pre.dtype, device=pre.device).scatter_(0, i, v).view_as(pre)
+
+    def select(self, pre) -> SparseCode: return SparseCode.from_flat(self._batch_topk(pre)[1], *pre.shape)
 
     def activation(self, pre):
         "At inference: JumpReLU with the learned threshold (independent of the batch)."

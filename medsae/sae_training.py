@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .config import SAEConfig
 from .provenance import atomic_path, atomic_write_json, environment_info, sha256_bytes
-from .sae import SAE, Normaliser, build_sae
+from .sae import SAE, Normaliser, build_sae, code_dense
 
 # %% auto #0
 __all__ = ['SAELENS_ARCH', 'SAETrainingError', 'check_embeddings', 'data_hash', 'sae_from_config', 'lr_at', 'batch_metrics',
@@ -43,6 +43,8 @@ def data_hash(x: torch.Tensor) -> str:
 def sae_from_config(cfg: SAEConfig, d: int) -> SAE:
     "The SAE of `cfg` on d-dimensional inputs (the L1 coefficient for ReLU, k and the AuxK weight for the TopK family)."
     kw = dict(l1=cfg.l1) if cfg.arch == "relu" else dict(k=cfg.k, auxk_alpha=cfg.auxk_alpha)
+    if cfg.arch != "matryoshka": kw["kernel"] = cfg.kernel           # Matryoshka has the dense kernels only
+    elif cfg.kernel == "sparse": raise ValueError("sae.kernel: the matryoshka SAE has no sparse kernels (use auto or dense)")
     return build_sae(cfg.arch, d, cfg.expansion * d, **kw)
 
 def lr_at(step: int, total: int, cfg: SAEConfig) -> float:
@@ -56,6 +58,7 @@ def lr_at(step: int, total: int, cfg: SAEConfig) -> float:
 @torch.no_grad()
 def batch_metrics(x: torch.Tensor, x_hat: torch.Tensor, f: torch.Tensor) -> dict:
     "MSE, FVE, L0, L1, cosine similarity of one batch (normalised space)."
+    f = code_dense(f)
     mse = ((x - x_hat) ** 2).sum(-1).mean()
     var = ((x - x.mean(0)) ** 2).sum(-1).mean()
     return dict(mse=float(mse), fve=float(1 - mse / var), l0=float((f > 0).float().sum(-1).mean()),
@@ -91,7 +94,7 @@ def load_checkpoint(path: Path, sae: SAE, opt: torch.optim.Optimizer) -> tuple[d
     sae.load_state_dict(sd)
     ot = load_file(str(path / "optimizer.safetensors"))
     for n, p in sae.named_parameters():
-        st = {k.split(".", 1)[1]: (v if k.endswith(".step") else v.to(p.device)) for k, v in ot.items() if k.split(".", 1)[0] == n}
+        st = {k.split(".", 1)[1]: (v if k.endswith(".step") and not opt.defaults.get("fused") else torch.empty_like(p).copy_(v) if v.shape == p.shape else v.to(p.device)) for k, v in ot.items() if k.split(".", 1)[0] == n}
         if st: opt.state[p] = st
     return json.loads((path / "state.json").read_text()), ot["since_fired"].to(sae.W_enc.device)
 
@@ -101,8 +104,10 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 # %% ../nbs/41_sae_training.ipynb #835ec979
 def _optimizer(sae: SAE, cfg: SAEConfig):
-    if cfg.optimizer == "adamw": return torch.optim.AdamW(sae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(sae.parameters(), lr=cfg.lr)
+    "Adam or AdamW, fused where torch has it (CPU, CUDA): one pass per parameter, 5x the per-tensor loop on 2 CPU cores."
+    kw = dict(fused=True) if sae.W_enc.device.type in ("cpu", "cuda") else {}
+    if cfg.optimizer == "adamw": return torch.optim.AdamW(sae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **kw)
+    return torch.optim.Adam(sae.parameters(), lr=cfg.lr, **kw)
 
 def total_steps(n: int, cfg: SAEConfig) -> int:
     return cfg.max_steps or cfg.epochs * max(1, n // cfg.batch_size)
@@ -153,6 +158,7 @@ def train_sae(x_raw: torch.Tensor, cfg: SAEConfig = SAEConfig(), seed: int = 0, 
     torch.manual_seed(seed)
     sae = sae or sae_from_config(cfg, d)
     if sae.d != d: raise SAETrainingError(f"embeddings have dimension {d}, the SAE expects {sae.d}")
+    if hasattr(sae, "kernel"): sae.kernel = cfg.kernel               # the config decides the training kernels
     norm = Normaliser.fit(x_raw)
     dev = _device(cfg)
     x = norm(x_raw).to(dev)
@@ -195,15 +201,16 @@ def train_sae(x_raw: torch.Tensor, cfg: SAEConfig = SAEConfig(), seed: int = 0, 
         opt.step()
         sae.renorm_decoder()
         with torch.no_grad():
-            fired = (out["f"] > 0).any(0)
+            fired = out["fired"] if "fired" in out else (out["f"] > 0).any(0)
             since += len(xb); since[fired] = 0
         step += 1; seen += len(xb)
         if cfg.resample_every and step % cfg.resample_every == 0:
             resample_dead(sae, opt, xb, since >= cfg.dead_window, torch.Generator().manual_seed(seed * 7919 + step))
         if step % cfg.log_every == 0 or step == end:
-            m = batch_metrics(xb, out["x_hat"].detach(), out["f"].detach())
+            fd = code_dense(out["f"].detach())
+            m = batch_metrics(xb, out["x_hat"].detach(), fd)
             m.update(step=step, loss=lv, lr=opt.param_groups[0]["lr"], dead=float((since >= cfg.dead_window).float().mean()),
-                     dense=float(((out["f"] > 0).float().mean(0) > 0.1).float().mean()),
+                     dense=float(((fd > 0).float().mean(0) > 0.1).float().mean()),
                      samples_per_s=seen / max(time.time() - t0, 1e-9))
             log.append(m)
             bar.set_postfix(fve=f"{m['fve']:.3f}", l0=f"{m['l0']:.1f}", dead=f"{m['dead']:.2f}")
@@ -326,7 +333,7 @@ def sweep(x_train: torch.Tensor, x_valid: torch.Tensor, cfg: SAEConfig, seed: in
             opt.zero_grad(set_to_none=True); out["loss"].backward()
             s.remove_parallel_grad(); opt.step(); s.renorm_decoder()
             with torch.no_grad():
-                since[name] += len(xb); since[name][(out["f"] > 0).any(0)] = 0
+                since[name] += len(xb); since[name][out["fired"] if "fired" in out else (out["f"] > 0).any(0)] = 0
     secs = time.time() - t0
     rows = []
     for name, (s, p) in models.items():
