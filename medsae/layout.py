@@ -26,6 +26,7 @@ class Folder(os.PathLike):
     def __fspath__(self) -> str: return str(self.path)
     def __eq__(self, other) -> bool: return type(self) is type(other) and self.path == other.path
     def __hash__(self) -> int: return hash((type(self).__name__, self.path))
+    def __str__(self) -> str: return str(self.path)
     def __repr__(self) -> str: return f"{type(self).__name__}({str(self.path)!r})"
     def exists(self) -> bool: return self.path.exists()
 
