@@ -152,6 +152,7 @@ def train_phantom_encoder(root: str | Path, out_dir: str | Path, cfg: EncoderTra
     t0 = time.time()
     imgs, y, texts, _ = load_pairs(root, "train", cfg.image_size, policy, progress)
     t_load = time.time() - t0
+    torch.manual_seed(seed)                         # the initial weights come from the run's seed too
     model = build_phantom_model(cfg)
     tower = model.text_model
     cache: dict = {}
