@@ -141,7 +141,7 @@ class EncoderTrainingConfig(_Section):
     "Training of the default encoder (MedCLIP with a small ResNet and a frozen MiniLM text backbone) on PhantomCXR."
     image_size: int = Field(128, ge=32, le=512, description="Input side of the small vision tower.")
     widths: list[int] = Field([32, 64, 128, 256], description="Channels of the four ResNet stages.")
-    epochs: int = Field(1, ge=1, description="Passes over the training images: the budget, in steps, whatever the "
+    epochs: int = Field(2, ge=1, description="Passes over the training images: the budget, in steps, whatever the "
                         "machine's speed (one pass over PhantomCXR's 12,000 pairs is 93 steps).")
     batch_size: int = Field(128, ge=2, description="Image-report pairs per step.")
     lr: float = Field(2e-3, gt=0, description="AdamW learning rate (cosine decay after a 5% warm-up).")
@@ -182,9 +182,6 @@ class SAEConfig(_Section):
     sweep_k: list[int] = Field([32, 64, 128], description="Sweep grid: k (TopK family).")
     sweep_epochs: int = Field(10, ge=1, description="Epochs of each sweep model.")
     target_l0: float = Field(64, gt=0, description="Selection rule: the best FVE among SAEs with L0 <= target_l0.")
-    kernel: Literal["auto", "dense", "sparse"] = Field("auto", description="Training kernels: `sparse` (dense encoder "
-                                                       "forward, the rest on the active latents), `dense` (five GEMMs), "
-                                                       "`auto` (sparse while the codes are sparse; the same results).")
 
 class MetricsConfig(_Section):
     "Monosemanticity metrics."
