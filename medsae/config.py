@@ -182,6 +182,9 @@ class SAEConfig(_Section):
     sweep_k: list[int] = Field([32, 64, 128], description="Sweep grid: k (TopK family).")
     sweep_epochs: int = Field(10, ge=1, description="Epochs of each sweep model.")
     target_l0: float = Field(64, gt=0, description="Selection rule: the best FVE among SAEs with L0 <= target_l0.")
+    kernel: Literal["auto", "dense", "sparse"] = Field("auto", description="Training kernels: `sparse` (dense encoder "
+                                                       "forward, the rest on the active latents), `dense` (five GEMMs), "
+                                                       "`auto` (sparse while the codes are sparse; the same results).")
 
 class MetricsConfig(_Section):
     "Monosemanticity metrics."
