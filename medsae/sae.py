@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 # %% auto #0
-__all__ = ['SPARSE_MAX_DENSITY', 'SAE_CLASSES', 'geometric_median', 'Normaliser', 'SAE', 'SparseCode', 'code_dense',
-           'SparseDecode', 'SparsePre', 'ReLUSAELoss', 'ReLUSAE', 'TopKSAE', 'topk_flat', 'BatchTopKSAE',
+__all__ = ['SPARSE_MAX_DENSITY', 'SAE_CLASSES', 'geometric_median', 'Normaliser', 'SAE', 'auto_sparse', 'SparseCode',
+           'code_dense', 'SparseDecode', 'SparsePre', 'ReLUSAELoss', 'ReLUSAE', 'TopKSAE', 'topk_flat', 'BatchTopKSAE',
            'MatryoshkaSAE', 'build_sae']
 
 # %% ../nbs/40_sae.ipynb #29a09dec
@@ -116,6 +116,10 @@ def _aux_loss(sae: SAE, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor,
 # %% ../nbs/40_sae.ipynb #5a1e0002
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 SPARSE_MAX_DENSITY = 0.1   # fraction of active code entries above which the dense kernels win (bench_sae.py --crossover)
+
+def auto_sparse(kernel: str, x: torch.Tensor) -> bool:
+    "Whether `auto` may use the sparse kernels for a batch `x`: on the CPU only (dense won on a GPU, measured above)."
+    return kernel == "sparse" or (kernel == "auto" and x.device.type == "cpu")
 
 def _offsets(idx: torch.Tensor, n: int) -> torch.Tensor:
     "CSR offsets (n + 1) of a sorted or unsorted index vector."
@@ -253,7 +257,7 @@ class ReLUSAE(SAE):
     def loss(self, x, l1_scale: float = 1.0, **kw) -> dict:
         l1 = self.l1 * l1_scale
         xc = f = None
-        if self.kernel != "dense":
+        if auto_sparse(self.kernel, x):
             with torch.no_grad():
                 xc = x - self.b_dec
                 f = torch.addmm(self.b_enc, xc, self.W_enc).clamp_(min=0)
@@ -296,10 +300,11 @@ class TopKSAE(SAE):
 
     def train_activation(self, pre): return self.activation(pre)
     def select(self, pre) -> SparseCode: return SparseCode.from_topk(F.relu(pre).topk(self.k, dim=-1).indices, self.m)
-    def use_sparse(self) -> bool: return self.kernel == "sparse" or (self.kernel == "auto" and self.k <= SPARSE_MAX_DENSITY * self.m)
+    def use_sparse(self, x: torch.Tensor) -> bool:
+        return auto_sparse(self.kernel, x) and (self.kernel == "sparse" or self.k <= SPARSE_MAX_DENSITY * self.m)
 
     def loss(self, x, dead: torch.Tensor | None = None, **kw) -> dict:
-        if self.use_sparse(): return self._loss_sparse(x, dead)
+        if self.use_sparse(x): return self._loss_sparse(x, dead)
         pre = self.pre_acts(x)
         f = self.train_activation(pre)
         x_hat = self.decode(f)
