@@ -79,12 +79,20 @@ class DataConfig(_Section):
     train_csv: Path | None = Field(Path("train.csv"), description="Training table (relative paths are taken under `root`).")
     valid_csv: Path | None = Field(Path("valid.csv"), description="Validation table (relative paths are taken under `root`).")
     labels: str | list[str] = Field("chexpert14", description="Label-set name or explicit list of observations.")
-    uncertain: Literal["u_zeros", "u_ones", "ignore"] = Field(
-        "u_zeros", description="Uncertain (-1) labels: 0, 1, or masked out of every statistic.")
+    uncertain: Literal["u_zeros", "u_ones", "ignore", "published"] = Field(
+        "u_zeros", description="Uncertain (-1) labels: 0, 1, or masked out of every statistic; `published`: left "
+        "as the number -1, as the published code does (only to reproduce its numbers).")
     blank: Literal["zero", "ignore"] = Field(
         "zero", description="Blank (not mentioned) labels: 0 or masked out.")
-    frontal_only: bool = Field(True, description="Keep frontal views only (the paper's setting).")
+    frontal_only: bool = Field(True, description="Keep frontal views only (the paper's setting), applied before "
+                               "extraction; the published code keeps lateral views too.")
     subset_per_class: int = Field(200, ge=1, description="Images per class in the balanced 14x200 subset.")
+    subset_order: Literal["shuffled", "table"] = Field(
+        "shuffled", description="Walk of the balanced subset: a seeded shuffle (the paper's text), or the table's own "
+        "order (the published code).")
+    preprocess: Literal["paper", "published"] = Field(
+        "paper", description="Image handling: MedCLIP's (pad to square, resize 224, crop); `published`: the published "
+        "code's resize to 224 x 224 without padding, which stretches non-square images.")
     strict: bool = Field(False, description="Fail on the first missing or corrupt image instead of skipping it.",
                          json_schema_extra=RUNTIME)
 
@@ -168,7 +176,16 @@ class SAEConfig(_Section):
     epochs: int = Field(20, ge=1, description="Passes over the training embeddings (the paper: 200 on CheXpert's "
                         "224k; 20 on PhantomCXR's 12k fit the offline budget).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many steps (overrides epochs).")
+    normalise: Literal["paper", "published"] = Field(
+        "paper", description="Input handling: `paper` centres and scales to E||x||^2 = d (l1 in that scale); "
+        "`published`: raw embeddings as the published code trains on (its l1 3e-5 means what it meant there). "
+        "Provenance records the penalty in both scales.")
     resample_every: int = Field(0, ge=0, description="Resample dead latents every N steps (0: never).")
+    resample_epochs: float | None = Field(None, gt=0, description="Resample every this many epochs instead "
+                                          "(the published run: 10); overrides resample_every.")
+    resample_rule: Literal["ours", "published"] = Field(
+        "ours", description="`ours`: dead = silent on the last `dead_window` samples, inputs drawn by squared error, "
+        "centred; `published`: dead = silent for half the interval, drawn by error norm without replacement, raw.")
     dead_window: int = Field(1_000_000, ge=1, description="A latent that fired on none of the last N samples is dead.")
     log_every: int = Field(20, ge=1, description="Steps between logged metrics.")
     checkpoint_every: int = Field(100, ge=0, description="Steps between checkpoints (0: only at the end); training "
@@ -224,6 +241,10 @@ class NamingConfig(_Section):
                                                             "(or the model name a server knows).")
     split: str = Field("train", description="Split whose images name the latents.")
     eval_split: str = Field("valid", description="Split of the naming evaluation.")
+    protocol: Literal["heldout", "published"] = Field(
+        "heldout", description="`heldout`: names are judged on images other than those that made them; `published`: "
+        "the published scripts' protocol (names made and judged on the validation split, top-100 candidates, text "
+        "before images, their prompts verbatim, detection padding).")
     min_active: int = Field(60, ge=1, description="Only latents active on more than this many images are named.")
     n_examples: int = Field(30, ge=2, description="Images shown per latent (15 top + 15 bottom of the top two thirds).")
     selection: Literal["paper", "quantile"] = Field("paper", description="Example selection: the paper's rule or "

@@ -82,12 +82,12 @@ def label_value_counts(df: pd.DataFrame, labels: Sequence[str] | str = CHEXPERT_
 @dataclass(frozen=True)
 class LabelPolicy:
     "How uncertain (-1) and blank labels become numbers; recorded with every result."
-    uncertain: Literal["u_zeros", "u_ones", "ignore"] = "u_zeros"
+    uncertain: Literal["u_zeros", "u_ones", "ignore", "published"] = "u_zeros"
     blank: Literal["zero", "ignore"] = "zero"
 
     def __post_init__(self):
-        if self.uncertain not in ("u_zeros", "u_ones", "ignore"):
-            raise ValueError(f"uncertain policy {self.uncertain!r}: expected u_zeros, u_ones or ignore")
+        if self.uncertain not in ("u_zeros", "u_ones", "ignore", "published"):
+            raise ValueError(f"uncertain policy {self.uncertain!r}: expected u_zeros, u_ones, ignore or published")
         if self.blank not in ("zero", "ignore"):
             raise ValueError(f"blank policy {self.blank!r}: expected zero or ignore")
 
@@ -95,12 +95,14 @@ class LabelPolicy:
 
 def label_matrix(df: pd.DataFrame, labels: Sequence[str] | str = CHEXPERT_LABELS,
                  policy: LabelPolicy = LabelPolicy()) -> tuple[np.ndarray, np.ndarray]:
-    "`(y, mask)`: float32 labels in {0, 1} after the policy, and where they are defined."
+    """`(y, mask)`: float32 labels in {0, 1} after the policy, and where they are defined. Policy `published` leaves
+    -1 in `y` (the published code's correlations see it as a number); positives stay `y == 1` under every policy."""
     labels = resolve_labels(labels)
     v = df[list(labels)].to_numpy(dtype="float32")
     unc, blank = v == -1, np.isnan(v)
     y = np.where(v == 1, 1.0, 0.0).astype("float32")
     if policy.uncertain == "u_ones": y[unc] = 1.0
+    if policy.uncertain == "published": y[unc] = -1.0
     mask = np.ones_like(y, dtype=bool)
     if policy.uncertain == "ignore": mask &= ~unc
     if policy.blank == "ignore": mask &= ~blank
@@ -142,12 +144,14 @@ def split_by_patient(df: pd.DataFrame, fractions: dict[str, float], seed: int = 
 
 # %% ../nbs/10_data.ipynb #4dc057a8
 def balanced_subset(df: pd.DataFrame, labels: Sequence[str] | str = CHEXPERT_LABELS, n_per_class: int = 200,
-                    policy: LabelPolicy = LabelPolicy(), seed: int = 0) -> pd.DataFrame:
-    "The paper's balanced NxK subset: a seeded walk that caps every class at `n_per_class` positives."
+                    policy: LabelPolicy = LabelPolicy(), seed: int = 0, order: str = "shuffled") -> pd.DataFrame:
+    """The paper's balanced NxK subset: a walk that caps every class at `n_per_class` positives, over a seeded shuffle
+    of the table (`order="shuffled"`, the paper's text) or in the table's own order (`"table"`, the published code)."""
+    if order not in ("shuffled", "table"): raise ValueError(f"order {order!r}: expected shuffled or table")
     labels = resolve_labels(labels)
     y, mask = label_matrix(df, labels, policy)
     pos = (y == 1) & mask
-    order = np.random.default_rng(seed).permutation(len(df))
+    order = np.random.default_rng(seed).permutation(len(df)) if order == "shuffled" else np.arange(len(df))
     counts = np.zeros(len(labels), dtype=int)
     chosen = []
     for i in order:
@@ -232,19 +236,21 @@ def pad_to_square(im: Image.Image, fill: float = 0) -> Image.Image:
 
 class MedCLIPTransform:
     "MedCLIP's image preprocessing as a callable: PIL image (or path) -> float tensor of shape (1, size, size)."
-    def __init__(self, size: int = 224, mean: float = MEDCLIP_MEAN, std: float = MEDCLIP_STD):
-        self.size, self.mean, self.std = size, mean, std
+    def __init__(self, size: int = 224, mean: float = MEDCLIP_MEAN, std: float = MEDCLIP_STD, pad: bool = True):
+        self.size, self.mean, self.std, self.pad = size, mean, std, pad
 
     def __call__(self, im: Image.Image | str | Path) -> torch.Tensor:
         if not isinstance(im, Image.Image): im = load_image(im)
         if im.mode not in ("L", "F"): im = im.convert("L")
-        im = pad_to_square(im).resize((self.size, self.size), Image.Resampling.BICUBIC)
+        if not self.pad: im = im.resize((self.size, self.size), Image.Resampling.BILINEAR)      # published: stretch
+        im = pad_to_square(im).resize((self.size, self.size), Image.Resampling.BICUBIC) if self.pad else im
         im = ImageOps.fit(im, (self.size, self.size), centering=(0.5, 0.5)) if im.size != (self.size,) * 2 else im
         a = np.asarray(im, dtype=np.float32)
         if im.mode == "L": a = a / 255.0
         return torch.from_numpy((a - self.mean) / self.std)[None]
 
-    def __repr__(self): return f"MedCLIPTransform(size={self.size}, mean={self.mean:.4f}, std={self.std:.4f})"
+    def __repr__(self):
+        return f"MedCLIPTransform(size={self.size}, mean={self.mean:.4f}, std={self.std:.4f}{'' if self.pad else ', pad=False'})"
 
 # %% ../nbs/10_data.ipynb #583c5dcd
 class ChexpertImages(torch.utils.data.Dataset):
