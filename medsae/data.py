@@ -110,8 +110,9 @@ def label_matrix(df: pd.DataFrame, labels: Sequence[str] | str = CHEXPERT_LABELS
 
 # %% ../nbs/10_data.ipynb #e89b287b
 def frontal_only(df: pd.DataFrame) -> pd.DataFrame:
-    "Only frontal views."
-    return df[df["Frontal/Lateral"].str.strip().str.lower() == "frontal"]
+    "Only frontal views (a table without a `Frontal/Lateral` column is taken as all frontal)."
+    if "Frontal/Lateral" not in df.columns: return df
+    return df[df["Frontal/Lateral"].astype(str).str.strip().str.lower() == "frontal"]
 
 _PATIENT_RE = re.compile(r"(patient\d+)")
 
@@ -371,7 +372,7 @@ def save_figure(fig, stem: str | Path, formats: Sequence[str] = ("png", "svg")) 
 
 def chexpert_label_stage(df: pd.DataFrame, out_dir: str | Path, labels: Sequence[str] | str = CHEXPERT_LABELS,
                          policy: LabelPolicy = LabelPolicy(), frontal: bool = True, n_per_class: int = 200,
-                         seed: int = 0) -> dict:
+                         seed: int = 0, order: str = "shuffled") -> dict:
     "Label statistics, balanced subsets and a figure for one CheXpert-layout table; returns a summary."
     from medsae.layout import LabelsFolder
     out = LabelsFolder(out_dir); out.path.mkdir(parents=True, exist_ok=True)
@@ -383,10 +384,10 @@ def chexpert_label_stage(df: pd.DataFrame, out_dir: str | Path, labels: Sequence
     write_table(counts, out.counts)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        sub = balanced_subset(view, labels, n_per_class, policy, seed)
+        sub = balanced_subset(view, labels, n_per_class, policy, seed, order)
     sub.to_csv(out.balanced(len(labels), n_per_class), index=False)
     summary = dict(rows=len(df), rows_used=len(view), frontal_only=frontal, labels=list(labels),
-                   policy=policy.as_dict(), balanced_subset=len(sub),
+                   policy=policy.as_dict(), balanced_subset=len(sub), subset_order=order,
                    balanced_shortfall=[str(w.message) for w in caught])
     try:
         s5 = chexpert_5x200(df, n_per_class, seed)

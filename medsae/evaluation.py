@@ -410,7 +410,8 @@ def paper_table(tab: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
 
 # %% ../nbs/52_evaluation.ipynb #738f01d5
 def evaluation_stage_run(act_dir: str | Path, store_path: str | Path, out: str | Path, cfg, labels: Sequence[str],
-                         policy, seed: int = 0, phantom_dir: str | Path | None = None, progress: bool = True) -> dict:
+                         policy, seed: int = 0, phantom_dir: str | Path | None = None, progress: bool = True,
+                         subset_order: str = "shuffled") -> dict:
     """Monosemanticity of SAE latents vs raw dimensions on `cfg.split` (best units also chosen on `valid`), with
     intervals and the null; the ground-truth tables when `phantom_dir` is a PhantomCXR set. `cfg`: MetricsConfig."""
     from medsae.activations import load_activations
@@ -430,7 +431,8 @@ def evaluation_stage_run(act_dir: str | Path, store_path: str | Path, out: str |
                               "(stale activations?): rerun the activations stage")
         if name == cfg.split and cfg.subset_per_class:          # the paper's balanced subset of the split
             from medsae.data import balanced_subset
-            keep = np.flatnonzero(idx.index.isin(balanced_subset(idx, labels, cfg.subset_per_class, policy, seed).index))
+            sub = balanced_subset(idx, labels, cfg.subset_per_class, policy, seed, subset_order)
+            keep = np.flatnonzero(idx.index.isin(sub.index))
             codes, x, idx = codes[keep], x[keep], idx.iloc[keep].reset_index(drop=True)
         y, m = label_matrix(idx, labels, policy)
         return codes, x, idx, y, m
@@ -477,7 +479,7 @@ def evaluation_stage_run(act_dir: str | Path, store_path: str | Path, out: str |
     save_figure(plot_correlation_heatmap(det["sae"]["correlations"].r, det["sae"]["monosemanticity"].best_unit, labels,
                                          "best SAE latent of each label: correlation with every label"), out.heatmap)
     summary = dict(dropped_labels=const, label_set=cfg.labels if isinstance(cfg.labels, str) else ("custom" if cfg.labels else "data.labels"),
-                   split=cfg.split, subset_per_class=cfg.subset_per_class, selection_split=sel_split if sel else None,
+                   split=cfg.split, subset_per_class=cfg.subset_per_class, subset_order=subset_order, selection_split=sel_split if sel else None,
                    images=int(len(y)),
                    labels=list(labels), policy=policy.as_dict(), threshold=cfg.entropy_threshold, bootstrap=cfg.bootstrap,
                    permutations=cfg.permutations, seed=seed, detector_top=cfg.detector_top,

@@ -15,9 +15,9 @@ from .config import Config, ConfigError, config_values, load_config
 from .layout import FiguresFolder, RunLayout, sibling
 
 # %% auto #0
-__all__ = ['STAGES', 'STAGE', 'COMMANDS', 'Stage', 'data_root', 'label_policy', 'encoder_weights', 'dataset_splits',
-           'check_splits', 'run_encoder', 'StaleResult', 'Pipeline', 'reproduce', 'NotebookStage', 'notebook_stage',
-           'pipeline_notebooks', 'run_notebooks']
+__all__ = ['STAGES', 'STAGE', 'COMMANDS', 'Stage', 'data_root', 'label_policy', 'encoder_weights', 'dataset_tables',
+           'dataset_splits', 'dataset_frame', 'check_splits', 'run_encoder', 'StaleResult', 'Pipeline', 'reproduce',
+           'NotebookStage', 'notebook_stage', 'pipeline_notebooks', 'run_notebooks']
 
 # %% ../nbs/89_stages.ipynb #84bb1471
 @dataclass(frozen=True)
@@ -52,15 +52,45 @@ def encoder_weights(cfg: Config) -> Path | None:
     if cfg.encoder.weights is not None: return Path(cfg.encoder.weights)
     return RunLayout(cfg.run_dir).encoder.weights if cfg.encoder.name == "medclip-phantom" else None
 
+def _table_path(root: Path, csv: Path) -> Path:
+    "A table path under `root`, which may contain the CheXpert copy or be the copy itself; the first that exists."
+    from medsae.data import CHEXPERT_PREFIXES
+    csv = Path(csv)
+    if csv.is_absolute(): return csv
+    cands = [root / csv]
+    if len(csv.parts) > 1 and csv.parts[0] in CHEXPERT_PREFIXES: cands.append(root / Path(*csv.parts[1:]))
+    else: cands += [root / p / csv for p in CHEXPERT_PREFIXES]
+    return next((c for c in cands if c.is_file()), cands[0])
+
+def dataset_tables(cfg: Config) -> dict[str, Path]:
+    "The label table of each split: PhantomCXR's `train/valid/test.csv`, or CheXpert's `data.train_csv`, `data.valid_csv`."
+    from medsae.layout import DatasetFolder
+    root = data_root(cfg)
+    if cfg.data.dataset == "phantom": return {s: DatasetFolder(root).table(s) for s in ("train", "valid", "test")}
+    return {s: _table_path(root, csv) for s, csv in (("train", cfg.data.train_csv), ("valid", cfg.data.valid_csv))
+            if csv is not None}
+
 def dataset_splits(cfg: Config) -> tuple[str, ...]:
     "The splits of the run's dataset: PhantomCXR's three, or the tables a dataset on disk has."
-    from medsae.layout import DatasetFolder
     if cfg.data.dataset == "phantom" and cfg.data.root is None: return ("train", "valid", "test")
-    root = DatasetFolder(data_root(cfg))
-    return tuple(s for s in ("train", "valid", "test") if root.table(s).exists())
+    return tuple(s for s, t in dataset_tables(cfg).items() if t.is_file())
+
+def dataset_frame(cfg: Config):
+    "The rows a run embeds: every split's table, a `split` column, lateral views dropped when `data.frontal_only`."
+    import pandas as pd
+    from medsae.data import frontal_only, read_chexpert_csv
+    parts = [read_chexpert_csv(t).assign(split=s) for s, t in dataset_tables(cfg).items() if s in dataset_splits(cfg)]
+    df = pd.concat(parts, ignore_index=True)
+    if cfg.data.frontal_only: df = frontal_only(df).reset_index(drop=True)
+    return df
 
 def check_splits(cfg: Config):
     "Every split the config names exists in the dataset: fail before any work, naming the field."
+    if cfg.data.dataset == "chexpert":
+        root = data_root(cfg)
+        if not root.is_dir(): raise ConfigError(f"data.root: {root} is not a folder")
+        for s, t in dataset_tables(cfg).items():
+            if not t.is_file(): raise ConfigError(f"data.{s}_csv: {t} not found (data.root is {root})")
     have = dataset_splits(cfg)
     if not have: raise ConfigError(f"data.root: {data_root(cfg)} holds no train.csv / valid.csv / test.csv")
     for key, split in (("metrics.split", cfg.metrics.split), ("naming.split", cfg.naming.split),
@@ -70,8 +100,15 @@ def check_splits(cfg: Config):
 
 def run_encoder(cfg: Config):
     "The run's encoder, as the extract stage builds it (the name and score-names stages use its text tower)."
+    from medsae.data import MedCLIPTransform
     from medsae.encoders import build_encoder
-    return build_encoder(cfg.encoder.name, encoder_weights(cfg), cfg.encoder.tokenizer, cfg.encoder.device)
+    enc = build_encoder(cfg.encoder.name, encoder_weights(cfg), cfg.encoder.tokenizer, cfg.encoder.device)
+    if cfg.data.preprocess == "published":                  # the published code's stretch to 224 x 224
+        t = getattr(enc, "_transform", None)
+        if not isinstance(t, MedCLIPTransform):
+            raise ConfigError(f"data.preprocess: published applies to MedCLIP encoders, not {cfg.encoder.name}")
+        enc._transform = MedCLIPTransform(t.size, t.mean, t.std, pad=False)
+    return enc
 
 # %% ../nbs/89_stages.ipynb #f8a0b94e
 def _phantom(p, run) -> dict:
@@ -92,8 +129,7 @@ def _label_tables(cfg: Config) -> dict[str, Path]:
     from medsae.layout import DatasetFolder
     if cfg.data.dataset == "phantom":
         return {"phantom": DatasetFolder(data_root(cfg)).table("train"), "chexpert": asset_path("chexpert_train")}
-    csv = Path(cfg.data.train_csv or "train.csv")
-    return {"chexpert": csv if csv.is_absolute() else data_root(cfg) / csv}
+    return {"chexpert": dataset_tables(cfg)["train"]}
 
 def _labels(p, run) -> dict:
     from medsae import data as D
@@ -103,7 +139,7 @@ def _labels(p, run) -> dict:
         n = cfg.data.subset_per_class if name == "chexpert" else min(cfg.data.subset_per_class, 50)
         df = D.read_chexpert_csv(table, cfg.label_names)
         rec[name] = D.chexpert_label_stage(df, LabelsRoot(run.path).table(name), cfg.label_names, label_policy(cfg),
-                                           cfg.data.frontal_only, n, cfg.run.seed)
+                                           cfg.data.frontal_only, n, cfg.run.seed, cfg.data.subset_order)
     return rec
 
 def _encoder(p, run) -> dict:
@@ -116,10 +152,12 @@ def _encoder(p, run) -> dict:
 def _extract(p, run) -> dict:
     from medsae.extract import extract
     cfg = p.cfg
+    table = dataset_frame(cfg)
     store = extract(run_encoder(cfg), data_root(cfg), run.path / "store", batch_size=cfg.encoder.batch_size,
-                    workers=cfg.encoder.workers, strict=cfg.data.strict)
+                    workers=cfg.encoder.workers, strict=cfg.data.strict, table=table)
     return dict(rows=store.meta["rows"], dim=store.meta["dim"], skipped=store.meta["skipped"],
-                encoder=store.meta["encoder"])
+                encoder=store.meta["encoder"], splits=table["split"].value_counts().to_dict(),
+                frontal_only=cfg.data.frontal_only, preprocess=cfg.data.preprocess)
 
 def _sae(p, run) -> dict:
     from medsae.sae_training import sae_stage_run
@@ -135,7 +173,8 @@ def _evaluate(p, run) -> dict:
     cfg = p.cfg
     phantom = data_root(cfg) if cfg.data.dataset == "phantom" else None
     return evaluation_stage_run(p.layout.activations, p.layout.extract.store, run.path, cfg.metrics,
-                                cfg.metric_labels, label_policy(cfg), cfg.run.seed, phantom)
+                                cfg.metric_labels, label_policy(cfg), cfg.run.seed, phantom,
+                                subset_order=cfg.data.subset_order)
 
 def _vocabulary(root: Path) -> list[str]:
     "The concept vocabulary: the dataset's vocabulary.csv (PhantomCXR), else phrases mined from the IU-Xray reports."
@@ -148,12 +187,11 @@ def _vocabulary(root: Path) -> list[str]:
         return pd.read_csv(DatasetFolder(root).vocabulary, keep_default_na=False)["phrase"].tolist()
     return [ph for ph, _ in mine_vocabulary(read_iu_reports(asset_path("iu_reports")), CHEXPERT_LABELS)]
 
-def _meta_table(root: Path):
+def _meta_table(cfg: Config):
     "Sex, age and view of every image of the dataset (the enrichment namer's attributes)."
     import pandas as pd
-    from medsae.layout import DatasetFolder
     parts = [pd.read_csv(t, usecols=lambda c: c in ("Path", "Sex", "Age", "AP/PA"))
-             for t in (DatasetFolder(root).table(s) for s in ("train", "valid", "test")) if t.exists()]
+             for t in dataset_tables(cfg).values() if t.is_file()]
     return pd.concat(parts, ignore_index=True) if parts else None
 
 def _name(p, run) -> dict:
@@ -165,7 +203,7 @@ def _name(p, run) -> dict:
     return naming_stage_run(L.activations, root, run.path, cfg.naming, cfg.metric_labels, label_policy(cfg),
                             text_encode=(lambda t: enc.encode_texts(t).cpu().numpy()) if enc else None,
                             directions=ExportedSAE.load(L.sae.saelens).directions(),
-                            vocabulary=_vocabulary(root), meta_table=_meta_table(root), cache_path=L.cache.names,
+                            vocabulary=_vocabulary(root), meta_table=_meta_table(cfg), cache_path=L.cache.names,
                             best_units=pd.read_csv(L.evaluate.best_units), seed=cfg.run.seed)
 
 def _judge(cfg: Config):
@@ -200,8 +238,7 @@ def _extract_external(p) -> dict:
     cfg = p.cfg
     ext = dict(weights=cached_sha256(cfg.encoder.weights) if cfg.encoder.weights is not None else None)
     if not _renders_phantom(cfg):                     # a dataset on disk: its tables are inputs
-        root = data_root(cfg)
-        ext["tables"] = {s: cached_sha256(root / f"{s}.csv") for s in ("train", "valid", "test") if (root / f"{s}.csv").exists()}
+        ext["tables"] = {s: cached_sha256(t) for s, t in dataset_tables(cfg).items() if t.is_file()}
     return ext
 
 def _labels_external(p) -> dict:
@@ -217,19 +254,21 @@ STAGES: tuple[Stage, ...] = (
           ("phantom", "data.uncertain", "data.blank"), _phantom,
           lambda L: [L.phantom.findings, L.phantom.nuisance], _renders_phantom),
     Stage("labels", "label statistics and the paper's balanced subsets", ("phantom",),
-          ("data.labels", "data.uncertain", "data.blank", "data.frontal_only", "data.subset_per_class"), _labels,
+          ("data.labels", "data.uncertain", "data.blank", "data.frontal_only", "data.subset_per_class",
+           "data.subset_order"), _labels,
           lambda L: [L.labels.table("chexpert").counts, L.labels.table("chexpert").counts_figure], external=_labels_external),
     Stage("encoder", "the default encoder (MedCLIP, small ResNet + frozen MiniLM) trained on PhantomCXR", ("phantom",),
           ("encoder_training",), _encoder, lambda L: [L.encoder.auroc], _trains_encoder),
     Stage("extract", "image embeddings into a resumable store", ("phantom", "encoder"),
-          ("encoder", "data.dataset", "data.root", "data.train_csv", "data.valid_csv", "data.frontal_only"), _extract,
+          ("encoder", "data.dataset", "data.root", "data.train_csv", "data.valid_csv", "data.frontal_only",
+           "data.preprocess"), _extract,
           external=_extract_external),
     Stage("sae", "the SAE, its sweep and its exports", ("extract",), ("sae",), _sae,
           lambda L: [L.sae.sweep, L.sae.sweep_pareto, L.sae.curve]),
     Stage("activations", "the SAE's codes of every split, stored sparse", ("sae", "extract"), (), _activations,
           part_of="evaluate"),
     Stage("evaluate", "monosemanticity: SAE latents vs raw dimensions; concept recovery", ("activations", "phantom"),
-          ("metrics", "data.labels", "data.uncertain", "data.blank"), _evaluate,
+          ("metrics", "data.labels", "data.uncertain", "data.blank", "data.subset_order"), _evaluate,
           lambda L: [L.evaluate.monosemanticity, L.evaluate.best_units, L.evaluate.recovery,
                      L.evaluate.entropy_hist, L.evaluate.heatmap, L.evaluate.recovery_figure]),
     Stage("name", "names of the latents", ("evaluate", "activations", "encoder"),
