@@ -33,12 +33,15 @@ def geometric_median(x: torch.Tensor, iters: int = 100, eps: float = 1e-6) -> to
 
 @dataclass
 class Normaliser:
-    "Centre by the training mean, scale so that E||x||^2 = d (the paper's normalisation)."
+    """Centre by the training mean, scale so that E||x||^2 = d (the paper's normalisation, `mode="paper"`);
+    `mode="published"`: the identity, as the published code trains on the raw unit-norm embeddings."""
     mean: torch.Tensor
     scale: float
 
     @classmethod
-    def fit(cls, x: torch.Tensor) -> "Normaliser":
+    def fit(cls, x: torch.Tensor, mode: str = "paper") -> "Normaliser":
+        if mode == "published": return cls.identity(x.shape[1])
+        if mode != "paper": raise ValueError(f"normalisation {mode!r}: expected paper or published")
         mean = x.mean(0)
         sq = ((x - mean) ** 2).sum(1).mean()
         return cls(mean, float(math.sqrt(x.shape[1] / sq)))

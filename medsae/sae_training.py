@@ -21,9 +21,10 @@ from .sae import SAE, Normaliser, build_sae, code_dense
 
 # %% auto #0
 __all__ = ['SAELENS_ARCH', 'SAETrainingError', 'check_embeddings', 'data_hash', 'sae_from_config', 'lr_at', 'batch_metrics',
-           'save_checkpoint', 'load_checkpoint', 'latest_checkpoint', 'total_steps', 'batch_indices', 'resample_dead',
-           'train_sae', 'evaluate_sae', 'folded_weights', 'export_saelens', 'saelens_forward', 'export_hub_folder',
-           'sweep_grid', 'sweep', 'select_sae', 'pareto_front', 'plot_pareto', 'plot_training', 'sae_stage_run']
+           'save_checkpoint', 'load_checkpoint', 'latest_checkpoint', 'total_steps', 'resample_interval', 'dead_mask',
+           'penalty_scales', 'batch_indices', 'resample_dead', 'train_sae', 'evaluate_sae', 'folded_weights',
+           'export_saelens', 'saelens_forward', 'export_hub_folder', 'sweep_grid', 'sweep', 'select_sae',
+           'pareto_front', 'plot_pareto', 'plot_training', 'sae_stage_run']
 
 # %% ../nbs/41_sae_training.ipynb #0bdd6bab
 class SAETrainingError(RuntimeError):
@@ -112,6 +113,26 @@ def _optimizer(sae: SAE, cfg: SAEConfig):
 def total_steps(n: int, cfg: SAEConfig) -> int:
     return cfg.max_steps or cfg.epochs * max(1, n // cfg.batch_size)
 
+def resample_interval(n: int, cfg: SAEConfig) -> int:
+    "Steps between resamplings: `resample_epochs` x steps per epoch when set (the published run: 10), else `resample_every`."
+    if cfg.resample_epochs: return max(1, round(cfg.resample_epochs * max(1, n // cfg.batch_size)))
+    return cfg.resample_every
+
+def dead_mask(since: torch.Tensor, n: int, cfg: SAEConfig) -> torch.Tensor:
+    """Dead latents from the samples since each last fired: silent on `dead_window` samples (ours), or, as published,
+    silent for more than half the resampling interval (counted in steps of `batch_size`)."""
+    if cfg.resample_rule == "published" and resample_interval(n, cfg):
+        return since > resample_interval(n, cfg) // 2 * cfg.batch_size
+    return since >= cfg.dead_window
+
+def penalty_scales(x_raw: torch.Tensor, cfg: SAEConfig) -> dict:
+    """The L1 penalty in both scales. With s = sqrt(d / E||x - mean||^2), the paper's normalised objective with
+    penalty l1' equals s^2 times the raw-input objective with l1 = l1' / s (the decoder has unit columns, so codes
+    scale by s and squared errors by s^2): the published 3e-5 on raw embeddings is 3e-5 x s in the paper's scale."""
+    s = Normaliser.fit(x_raw.float()).scale
+    paper = cfg.l1 if cfg.normalise == "paper" else cfg.l1 * s
+    return dict(normalise=cfg.normalise, scale_s=round(s, 6), l1_paper_scale=paper, l1_published_scale=paper / s)
+
 def _device(cfg: SAEConfig) -> torch.device:
     from medsae.encoders import resolve_device
     return resolve_device(cfg.device)
@@ -124,18 +145,28 @@ def batch_indices(n: int, step: int, cfg: SAEConfig, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)[b * cfg.batch_size:(b + 1) * cfg.batch_size]
 
 @torch.no_grad()
-def resample_dead(sae: SAE, opt, x: torch.Tensor, dead: torch.Tensor, gen: torch.Generator):
-    "Anthropic-style resampling: dead latents point at badly reconstructed inputs; their Adam state is reset."
+def resample_dead(sae: SAE, opt, x: torch.Tensor, dead: torch.Tensor, gen: torch.Generator, rule: str = "ours"):
+    """Anthropic-style resampling: dead latents point at badly reconstructed inputs; their Adam state is reset.
+    `rule="ours"`: inputs drawn by squared error with replacement, centred on b_dec, unit encoder direction;
+    `"published"` (dictionary_learning's StandardTrainer): drawn by error norm without replacement (at most one per
+    input of the batch), raw inputs, the encoder row the raw input itself times 0.2 x the mean alive encoder norm."""
     idx = dead.nonzero().flatten()
     if len(idx) == 0: return 0
     x_hat, _ = sae(x)
     err = ((x - x_hat) ** 2).sum(-1)
-    pick = torch.multinomial((err / err.sum()).cpu(), len(idx), replacement=True, generator=gen).to(x.device)
-    v = F.normalize(x[pick] - sae.b_dec, dim=-1)
+    if rule == "published":
+        idx = idx[:len(x)]
+        pick = torch.multinomial(err.sqrt().cpu(), len(idx), replacement=False, generator=gen).to(x.device)
+        u = x[pick]
+        v, enc_dir = F.normalize(u, dim=-1), u
+    else:
+        pick = torch.multinomial((err / err.sum()).cpu(), len(idx), replacement=True, generator=gen).to(x.device)
+        v = F.normalize(x[pick] - sae.b_dec, dim=-1)
+        enc_dir = v
     alive = ~dead
     enc_norm = sae.W_enc[:, alive].norm(dim=0).mean() if alive.any() else torch.tensor(1.0)
     sae.W_dec.data[idx] = v
-    sae.W_enc.data[:, idx] = v.t() * enc_norm * 0.2
+    sae.W_enc.data[:, idx] = enc_dir.t() * enc_norm * 0.2
     sae.b_enc.data[idx] = 0
     for p in (sae.W_dec, sae.W_enc, sae.b_enc):
         st = opt.state.get(p, {})
@@ -159,7 +190,7 @@ def train_sae(x_raw: torch.Tensor, cfg: SAEConfig = SAEConfig(), seed: int = 0, 
     sae = sae or sae_from_config(cfg, d)
     if sae.d != d: raise SAETrainingError(f"embeddings have dimension {d}, the SAE expects {sae.d}")
     if hasattr(sae, "kernel"): sae.kernel = cfg.kernel               # the config decides the training kernels
-    norm = Normaliser.fit(x_raw)
+    norm = Normaliser.fit(x_raw, cfg.normalise)
     dev = _device(cfg)
     x = norm(x_raw).to(dev)
     sae.set_normaliser(norm)
@@ -186,7 +217,7 @@ def train_sae(x_raw: torch.Tensor, cfg: SAEConfig = SAEConfig(), seed: int = 0, 
         xb = x[batch_indices(n, step, cfg, seed).to(dev)]
         for g in opt.param_groups: g["lr"] = lr_at(step, total, cfg)
         l1_scale = min(1.0, (step + 1) / cfg.l1_warmup_steps) if cfg.l1_warmup_steps else 1.0
-        dead = since >= cfg.dead_window
+        dead = dead_mask(since, n, cfg)
         out = sae.loss(xb, l1_scale=l1_scale, dead=dead)
         loss = out["loss"]
         lv = float(loss.detach())
@@ -204,12 +235,13 @@ def train_sae(x_raw: torch.Tensor, cfg: SAEConfig = SAEConfig(), seed: int = 0, 
             fired = out["fired"] if "fired" in out else (out["f"] > 0).any(0)
             since += len(xb); since[fired] = 0
         step += 1; seen += len(xb)
-        if cfg.resample_every and step % cfg.resample_every == 0:
-            resample_dead(sae, opt, xb, since >= cfg.dead_window, torch.Generator().manual_seed(seed * 7919 + step))
+        if resample_interval(n, cfg) and step % resample_interval(n, cfg) == 0:
+            resample_dead(sae, opt, xb, dead_mask(since, n, cfg), torch.Generator().manual_seed(seed * 7919 + step),
+                          cfg.resample_rule)
         if step % cfg.log_every == 0 or step == end:
             fd = code_dense(out["f"].detach())
             m = batch_metrics(xb, out["x_hat"].detach(), fd)
-            m.update(step=step, loss=lv, lr=opt.param_groups[0]["lr"], dead=float((since >= cfg.dead_window).float().mean()),
+            m.update(step=step, loss=lv, lr=opt.param_groups[0]["lr"], dead=float(dead_mask(since, n, cfg).float().mean()),
                      dense=float(((fd > 0).float().mean(0) > 0.1).float().mean()),
                      samples_per_s=seen / max(time.time() - t0, 1e-9))
             log.append(m)
@@ -308,7 +340,7 @@ def sweep(x_train: torch.Tensor, x_valid: torch.Tensor, cfg: SAEConfig, seed: in
     x_train = x_train.float(); check_embeddings(x_train)
     torch.set_num_threads(cfg.threads)
     n, d = x_train.shape
-    norm = Normaliser.fit(x_train)
+    norm = Normaliser.fit(x_train, cfg.normalise)
     dev = _device(cfg)
     x = norm(x_train).to(dev)
     scfg = cfg.model_copy(update=dict(epochs=cfg.sweep_epochs, max_steps=None))
@@ -402,7 +434,8 @@ def sae_stage_run(store_path: str | Path, out: str | Path, cfg: SAEConfig, seed:
                 provenance=dict(seed=seed, store=str(store_path), embeddings_sha256=store.meta.get("embeddings_sha256")))
     export_saelens(sae, out.saelens, model_name=enc["name"], dataset=store.meta["root"], extra=card["provenance"])
     export_hub_folder(sae, out.hub, card)
-    summary = dict(sae=sae.config(), valid=metrics, train_seconds=round(t_train, 1), steps=int(log["step"].iloc[-1]),
+    summary = dict(sae=sae.config(), valid=metrics, penalty=penalty_scales(xtr, cfg),
+                   train_seconds=round(t_train, 1), steps=int(log["step"].iloc[-1]),
                    samples_per_s=round(float(log["samples_per_s"].iloc[-1]), 1))
     if run_sweep:
         t1 = time.time()
