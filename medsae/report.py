@@ -69,6 +69,33 @@ def _read(p: Path) -> str: return p.read_text() if p.exists() else ""
 def _md_table(df: pd.DataFrame) -> str: return df.to_markdown(index=False)
 
 # %% ../nbs/70_report.ipynb #de4fd1e2
+def _setting_lines(cfg, R, emb: dict, sae: dict) -> list[str]:
+    "Results-page lines: the images embedded and skipped, and every choice where ours and the published code differ."
+    pen = sae.get("penalty") or {}
+    res = (f"every {cfg.sae.resample_epochs:g} epochs" if cfg.sae.resample_epochs else
+           f"every {cfg.sae.resample_every} steps" if cfg.sae.resample_every else "never")
+    choices = [("uncertain labels", "data.uncertain", cfg.data.uncertain, "u_zeros", "published"),
+               ("views", "data.frontal_only", "frontal only" if cfg.data.frontal_only else "all", "frontal only", "all"),
+               ("image handling", "data.preprocess", cfg.data.preprocess, "paper", "published"),
+               ("balanced-subset walk", "data.subset_order", cfg.data.subset_order, "shuffled", "table"),
+               ("SAE input", "sae.normalise", cfg.sae.normalise, "paper", "published"),
+               ("dead-latent resampling", "sae.resample_rule", f"{cfg.sae.resample_rule}, {res}", "ours", "published, every 10 epochs"),
+               ("naming protocol", "naming.protocol", cfg.naming.protocol, "heldout", "published")]
+    L = ["- **Choices where ours and the published code differ** (field: this run / ours / published): "
+         + "; ".join(f"{w} (`{k}`): **{v}** / {o} / {p}" for w, k, v, o, p in choices)
+         + (f"; L1 penalty {pen['l1_paper_scale']:.3g} in the paper's scale = {pen['l1_published_scale']:.3g} in the "
+            f"published code's (s = {pen['scale_s']:.3g})" if pen else "") + "."]
+    skipped = R.extract.store.skipped
+    if emb:
+        sk = pd.read_csv(skipped) if skipped.exists() else pd.DataFrame(columns=["path", "reason"])
+        L.append(f"- **Images**: {emb.get('rows', '?')} embedded ("
+                 + ", ".join(f"{k} {v}" for k, v in (emb.get("splits") or {}).items())
+                 + f"){', lateral views dropped before extraction' if emb.get('frontal_only') else ''}; "
+                 f"{len(sk)} skipped" + (": " + "; ".join(f"`{r.path}` ({str(r.reason).split(':')[0]})"
+                                                          for r in sk.head(20).itertuples()) if len(sk) else "")
+                 + (f" (and {len(sk) - 20} more, in `{skipped}`)" if len(sk) > 20 else "") + ".")
+    return L
+
 def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "") -> str:
     """The results page (markdown) of a run: the paper's tables and figures beside this run's. `R`: the run's
     `RunLayout`; `figures`: its `FiguresFolder`; images are linked as prefix + their name in the figures folder."""
@@ -95,6 +122,7 @@ def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "") -
          f"`{(met.get('policy') or {}).get('uncertain')}`; metric split `{met.get('split')}`"
          + (f" (balanced subset, {met.get('subset_per_class')} per class)" if met.get("subset_per_class") else "")
          + f", {met.get('images')} images; entropy threshold |r| > {met.get('threshold')}.",
+         *_setting_lines(cfg, R, emb, sae),
          f"- **Made by** commit `{str(git.get('commit'))[:12]}`{' (uncommitted changes)' if git.get('dirty') else ''}, "
          f"config `{cfg.run.name}`, seed {cfg.run.seed}; every stage's provenance is in `{R.path}/<stage>/provenance.json`.",
          "", "The paper's column is always the paper's own setting (CheXpert, official MedCLIP-ResNet50). "

@@ -1,0 +1,125 @@
+"""The paper's setting end to end, as a reviewer lays it out: a CheXpert-v1.0-small lookalike built from rows of the
+real CheXpert training table, an official-layout MedCLIP-ResNet50 checkpoint of random weights, a local tokenizer
+folder and a tiny Gemma 3, run through the Papermill pipeline with `configs/paper.yaml` (the published choices) and
+`configs/paper-corrected.yaml`, shrunk only in size."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+
+PREFIX = "CheXpert-v1.0-small"
+
+
+def _jpeg(path, size, rng):
+    "A grayscale JPEG of CheXpert-small's sizes with some structure (not a constant image)."
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    a = 120 + 60 * np.sin(xx / (7 + rng.integers(0, 9))) * np.cos(yy / (5 + rng.integers(0, 9))) + rng.normal(0, 20, (h, w))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+def chexpert_small_lookalike(root, chexpert_train, n_train=150, n_valid=60, seed=0):
+    """`root/CheXpert-v1.0-small/{train,valid}.csv` + JPEGs. Train: the first real rows of whole patients (several
+    studies each, lateral views, -1 and blanks as they are). Valid: the next patients' rows under `valid/`, labels
+    0/1 as in the official validation table. One frontal train image is truncated, one deleted: returns both paths."""
+    raw = pd.read_csv(chexpert_train, nrows=3000)
+    train, valid = [], []
+    for _, g in raw.groupby(raw["Path"].str.extract(r"(patient\d+)")[0], sort=False):   # whole patients, in order
+        if sum(map(len, train)) < n_train: train.append(g)
+        elif sum(map(len, valid)) < n_valid: valid.append(g)
+        else: break
+    train, valid = pd.concat(train), pd.concat(valid)
+    valid["Path"] = valid["Path"].str.replace(f"{PREFIX}/train/", f"{PREFIX}/valid/", regex=False)
+    labels = [c for c in raw.columns if c not in ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")]
+    valid[labels] = valid[labels].fillna(0).replace(-1.0, 0.0)
+    rng = np.random.default_rng(seed)
+    for df in (train, valid):
+        for p, view in zip(df["Path"], df["Frontal/Lateral"]):
+            _jpeg(root / p, (320, 390) if view == "Frontal" else (390, 320), rng)
+    (root / PREFIX).mkdir(parents=True, exist_ok=True)
+    train.to_csv(root / PREFIX / "train.csv", index=False)
+    valid.to_csv(root / PREFIX / "valid.csv", index=False)
+    frontal = train[train["Frontal/Lateral"] == "Frontal"]["Path"].tolist()
+    corrupt, missing = frontal[3], frontal[7]
+    (root / corrupt).write_bytes((root / corrupt).read_bytes()[:300])
+    (root / missing).unlink()
+    return train, valid, (corrupt, missing)
+
+
+@pytest.fixture(scope="module")
+def paper_setup(tmp_path_factory, chexpert_train):
+    "The lookalike, a random-weights official zip, a local tokenizer folder and a tiny Gemma 3."
+    import torch
+    from medsae.encoders import build_medclip, save_official_zip
+    from medsae.vlm import tiny_gemma3
+    from test_encoders import tiny_tokenizer
+    d = tmp_path_factory.mktemp("paper")
+    train, valid, bad = chexpert_small_lookalike(d / "chexpert", chexpert_train)
+    torch.manual_seed(0)
+    (d / "weights").mkdir()
+    z = save_official_zip(build_medclip("resnet50").model, d / "weights" / "medclip-pretrained.zip",
+                          {"text_model.model.embeddings.position_ids": torch.arange(512)[None]})
+    tok, _ = tiny_tokenizer(["no", "pleural", "effusion", "edema", "cardiomegaly", "opacity", "tube", "line", "."])
+    tok.save_pretrained(d / "tokenizer")
+    gemma = tiny_gemma3(d / "tiny-gemma3")
+    return dict(dir=d, root=d / "chexpert", weights=z, tokenizer=d / "tokenizer", gemma=gemma, train=train,
+                valid=valid, bad=bad)
+
+
+def small(s, out_root, name, root):
+    "Overrides that shrink the paper's run to CPU minutes; nothing else changes."
+    return [f"run.out_root={out_root}", f"run.name={name}", f"data.root={root}",
+            f"encoder.weights={s['weights']}", f"encoder.tokenizer={s['tokenizer']}", "encoder.device=cpu",
+            "encoder.batch_size=16", "encoder.workers=0", "sae.expansion=2", "sae.epochs=4", "sae.batch_size=32",
+            "sae.device=cpu", "sae.checkpoint_every=0", "sae.log_every=1", "sae.sweep_expansion=[1,2]",
+            "sae.sweep_l1=[1.0]", "sae.sweep_epochs=2", "metrics.subset_per_class=4", "metrics.bootstrap=20",
+            "metrics.permutations=3", "metrics.ms_sample=50", f"naming.model={s['gemma']}", "naming.device=cpu",
+            "naming.load_in_4bit=false", "naming.min_active=3", "naming.max_latents=3", "naming.eval_units=2",
+            "naming.eval_positive=4", "naming.eval_negative=4", "naming.max_new_tokens=8", "naming.n_examples=4"]
+
+
+@pytest.mark.parametrize("config", ["paper", "paper-corrected"])
+def test_paper_config_end_to_end(paper_setup, tmp_path, config):
+    from medsae.config import load_config
+    from medsae.layout import RunLayout
+    from medsae.provenance import is_complete, read_provenance
+    from medsae.stages import STAGES, run_notebooks
+    s = paper_setup
+    root = s["root"] if config == "paper" else s["root"] / PREFIX        # the folder that holds the copy, or the copy
+    over = small(s, tmp_path / "runs", config, root)
+    cfg_file = ROOT / "configs" / f"{config}.yaml"
+    run_notebooks(str(cfg_file), over, figures=str(tmp_path / "figures"), log=lambda *a: None)
+    cfg = load_config(cfg_file, over)
+    R = RunLayout(cfg.run_dir)
+    for st in STAGES:                                             # every stage that applies to CheXpert completed
+        if st.applies(cfg): assert is_complete(R.stage(st.name)), st.name
+    assert not R.phantom.path.exists() and not R.encoder.path.exists()
+    index = pd.read_csv(R.extract.store.index)
+    views = pd.concat([s["train"], s["valid"]]).set_index("Path")["Frontal/Lateral"]
+    if cfg.data.frontal_only:
+        assert (views[index["Path"]] == "Frontal").all()          # no lateral view was embedded
+        assert len(index) == (views == "Frontal").sum()
+    else:
+        assert len(index) == len(views) and (views[index["Path"]] == "Lateral").any()
+    assert set(index["split"]) == {"train", "valid"}
+    skipped = pd.read_csv(R.extract.store.skipped)
+    assert sorted(skipped["path"]) == sorted(s["bad"])           # the corrupt and the missing image, listed
+    page = R.report.results.read_text()
+    assert "| quantity | paper (" in page                        # the paper's column
+    for p in s["bad"]: assert p in page                           # the skipped images, on the results page
+    ext = read_provenance(R.extract)["record"]
+    assert ext["preprocess"] == cfg.data.preprocess and ext["frontal_only"] == cfg.data.frontal_only
+    sae = read_provenance(R.sae)["record"]
+    assert sae["penalty"]["normalise"] == cfg.sae.normalise
+    assert np.isclose(sae["penalty"]["l1_paper_scale"] / sae["penalty"]["l1_published_scale"], sae["penalty"]["scale_s"])
+    met = json.loads(R.evaluate.summary.read_text())
+    assert met["split"] == "train" and met["subset_order"] == cfg.data.subset_order
+    assert met["policy"]["uncertain"] == cfg.data.uncertain
+    for w in (f"`data.uncertain`): **{cfg.data.uncertain}**", f"`sae.normalise`): **{cfg.sae.normalise}**",
+              f"`naming.protocol`): **{cfg.naming.protocol}**"):
+        assert w in page, w
