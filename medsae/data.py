@@ -19,9 +19,9 @@ from .config import CHEXPERT_COMPETITION5, CHEXPERT_LABELS, resolve_labels
 # %% auto #0
 __all__ = ['META_COLUMNS', 'CHEXPERT_PREFIXES', 'MEDCLIP_MEAN', 'MEDCLIP_STD', 'DataError', 'read_chexpert_csv',
            'label_value_counts', 'LabelPolicy', 'label_matrix', 'frontal_only', 'patient_ids', 'split_by_patient',
-           'balanced_subset', 'chexpert_5x200', 'resolve_image_path', 'load_image', 'pad_to_square', 'MedCLIPTransform',
-           'ChexpertImages', 'collate_skipping', 'write_skipped', 'scan_images', 'make_image_fixtures', 'write_table',
-           'plot_label_counts', 'save_figure', 'chexpert_label_stage']
+           'balanced_subset', 'chexpert_5x200', 'resolve_image_path', 'image_files', 'load_image', 'pad_to_square',
+           'MedCLIPTransform', 'ChexpertImages', 'collate_skipping', 'write_skipped', 'scan_images',
+           'make_image_fixtures', 'write_table', 'plot_label_counts', 'save_figure', 'chexpert_label_stage']
 
 # %% ../nbs/10_data.ipynb #de4ec295
 META_COLUMNS: tuple[str, ...] = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
@@ -204,6 +204,14 @@ def resolve_image_path(root: str | Path, rel: str) -> Path:
     for c in candidates:
         if c.is_file(): return c
     raise FileNotFoundError(f"image {rel!r} not found under {root} (tried {', '.join(map(str, dict.fromkeys(candidates)))})")
+
+def image_files(root: str | Path, rels: Iterable[str]) -> list[str]:
+    "The files of `Path` values under `root` (as `resolve_image_path`); one not found keeps its plain `root / rel` path."
+    out = []
+    for rel in rels:
+        try: out.append(str(resolve_image_path(root, rel)))
+        except FileNotFoundError: out.append(str(Path(root) / rel))
+    return out
 
 def load_image(path: str | Path) -> Image.Image:
     "A single-channel image: mode `L` for 8-bit input, mode `F` in [0, 1] for 16-bit input."

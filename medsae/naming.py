@@ -306,6 +306,7 @@ class EnrichmentNamer:
 def naming_items(codes, index: pd.DataFrame, root: str | Path, units: Sequence[int], n: int = 30, seed: int = 0,
                  selection: str = "paper", unit_kind: str = "sae") -> list[NamingItem]:
     "Example images of each unit (`selection`: paper or quantile)."
+    from medsae.data import image_files
     pick = {"paper": paper_examples, "quantile": quantile_examples}[selection]
     c = sp.csc_matrix(codes) if sp.issparse(codes) else np.asarray(codes)
     counts = active_counts(c) if sp.issparse(c) else (np.asarray(c) > 1e-7).sum(0)
@@ -313,7 +314,7 @@ def naming_items(codes, index: pd.DataFrame, root: str | Path, units: Sequence[i
     for u in units:
         v = _column(c, int(u))
         idx = pick(v, n, seed=seed + int(u))
-        items.append(NamingItem(int(u), unit_kind, [str(Path(root) / index["Path"].iloc[i]) for i in idx],
+        items.append(NamingItem(int(u), unit_kind, image_files(root, index["Path"].iloc[idx]),
                                 [str(index["Path"].iloc[i]) for i in idx], [float(v[i]) for i in idx], int(counts[int(u)])))
     return items
 

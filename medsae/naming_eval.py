@@ -98,6 +98,7 @@ def score_names(names: pd.DataFrame, sae_codes, raw_emb: np.ndarray, index: pd.D
                 progress: bool = True) -> pd.DataFrame:
     """Detection scores of every named unit in `names` (columns unit_kind, unit, namer, concept, description, ok) on
     the evaluation images, plus the random-explanation baseline for the SAE names of each namer."""
+    from medsae.data import image_files
     from tqdm.auto import tqdm
     sae_c = sp.csc_matrix(sae_codes)
     names = names[names.ok].reset_index(drop=True)
@@ -116,7 +117,7 @@ def score_names(names: pd.DataFrame, sae_codes, raw_emb: np.ndarray, index: pd.D
         t0 = time.time()
         if hit is not None: pred = np.asarray(hit.details["pred"])
         else:
-            pred = judge.judge(concept, desc, idx, [str(Path(root) / index["Path"].iloc[i]) for i in idx], n_pos)
+            pred = judge.judge(concept, desc, idx, image_files(root, index["Path"].iloc[idx]), n_pos)
             if cache is not None:
                 cache.add([NameResult(u, key[0], key[2], key[3], concept=concept, ok=True, seconds=time.time() - t0,
                                       image_ids=[str(index["Path"].iloc[i]) for i in idx],
