@@ -88,7 +88,7 @@ def _setting_lines(cfg, R, emb: dict, sae: dict) -> list[str]:
     skipped = R.extract.store.skipped
     if emb:
         sk = pd.read_csv(skipped) if skipped.exists() else pd.DataFrame(columns=["path", "reason"])
-        L.append(f"- **Images**: {emb.get('rows', '?')} embedded ("
+        L.append(f"- **Images**: {emb.get('rows', 0) - len(sk)} of {emb.get('rows', '?')} embedded (table rows by split: "
                  + ", ".join(f"{k} {v}" for k, v in (emb.get("splits") or {}).items())
                  + f"){', lateral views dropped before extraction' if emb.get('frontal_only') else ''}; "
                  f"{len(sk)} skipped" + (": " + "; ".join(f"`{r.path}` ({str(r.reason).split(':')[0]})"
