@@ -458,9 +458,13 @@ def build_medclip(variant: str = "resnet50", weights: str | Path | None = None, 
     tok = None
     if tokenizer is not None:
         from transformers import AutoTokenizer
-        if not Path(tokenizer).exists() and not _hub_allowed():
-            raise EncoderError(f"tokenizer {tokenizer!r} is neither a local folder nor reachable (HF_HUB_OFFLINE=1)")
-        tok = AutoTokenizer.from_pretrained(str(tokenizer))
+        offline = not Path(tokenizer).exists() and not _hub_allowed()
+        try: tok = AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=offline)   # offline: the HF cache
+        except (OSError, ValueError) as e:
+            if not offline: raise
+            raise EncoderError(f"encoder.tokenizer: {tokenizer!r} is neither a local folder nor in the local Hugging Face "
+                               "cache, and the hub is off (HF_HUB_OFFLINE=1): `huggingface-cli download "
+                               f"{tokenizer}` where the hub is reachable, or give a local folder") from None
     return MedCLIPEncoder(model, f"medclip-{variant}", tok, weights_path=Path(weights) if weights else None)
 
 def build_encoder(name: str, weights: str | Path | None = None, tokenizer: str | None = None,

@@ -133,3 +133,23 @@ def test_the_training_loop_fine_tunes_a_bert_medclip(tmp_path):
     losses = [l["loss"] for l in log]
     assert 2.6 < floor < 2.7 and losses[-1] - floor < 0.3 * (losses[0] - floor), (floor, losses)
     assert model.text_model.projection_head.weight.grad is not None       # the text tower was trained too
+
+
+def test_hub_tokenizer_from_the_local_cache_when_offline(tmp_path):
+    "Offline, a hub id that is in the Hugging Face cache loads from it (configs/paper.yaml names one); else one line."
+    import subprocess
+    import sys
+    tok, _ = tiny_tokenizer(["no", "pleural", "effusion"])
+    snap = tmp_path / "hub" / "models--emilyalsentzer--Bio_ClinicalBERT"
+    tok.save_pretrained(snap / "snapshots" / "abc123")                 # laid out as the hub cache holds a repo
+    __import__("transformers").BertConfig(vocab_size=7).save_pretrained(snap / "snapshots" / "abc123")
+    (snap / "refs").mkdir(); (snap / "refs" / "main").write_text("abc123")
+    code = ("from medsae.encoders import build_medclip\n"
+            "e = build_medclip('resnet50', tokenizer='emilyalsentzer/Bio_ClinicalBERT', text=False)\n"
+            "print(e.tokenizer('pleural effusion')['input_ids'])")
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "[2, 5, 6, 3]", r.stderr[-1500:]
+    env["HF_HUB_CACHE"] = str(tmp_path / "empty")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "neither a local folder nor in the local Hugging Face cache" in r.stderr
