@@ -275,10 +275,11 @@ def _store(folder, emb, index):
 def test_protocol_end_to_end_with_tiny_gemma3_and_stage_records(images, tmp_path, protocol):
     "Both stages through TransformersVLM on CPU; their records state the protocol, the splits and the prompt hashes."
     from medsae.activations import load_activations, save_activations
-    from medsae.config import NamingConfig
+    from medsae.config import Config, NamingConfig
     from medsae.layout import ActivationsFolder
     from medsae.naming import build_vlm, naming_stage_run, vlm_namer
     from medsae.naming_eval import naming_eval_stage_run, vlm_judge
+    from medsae.stages import _judge
     root, index, _ = images
     rng = np.random.default_rng(1)
     train, valid = index.iloc[:30].reset_index(drop=True), index.iloc[30:].reset_index(drop=True)   # 30 / 50 images
@@ -312,7 +313,7 @@ def test_protocol_end_to_end_with_tiny_gemma3_and_stage_records(images, tmp_path
     prompt = vlm.render(vlm_namer(vlm, protocol).requests(item)[0])
     first_text = prompt.index("Below I provide" if protocol == "published" else "chest X-ray images above")
     assert (first_text < prompt.index("<start_of_image>")) == (protocol == "published")
-    judge = vlm_judge(vlm, protocol, cfg.images_per_prompt)
+    judge = _judge(Config(naming=cfg))                                 # the score-names stage's judge
     srec = naming_eval_stage_run(tmp_path / "names" / "names.csv", acts.path, tmp_path / "store", root, tmp_path / "scores",
                                  cfg, judge, cache_path=tmp_path / "judged.jsonl", progress=False)
     assert srec["protocol"] == protocol and srec["names_split"] == split and srec["eval_split"] == "valid"
