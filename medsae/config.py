@@ -239,7 +239,8 @@ class NamingConfig(_Section):
         "images by similarity to the name) or a vision-language model.")
     model: str = Field("google/medgemma-4b-it", description="Hub id or local path of the vision-language model "
                                                             "(or the model name a server knows).")
-    split: str = Field("train", description="Split whose images name the latents.")
+    split: str = Field("train", description="Split whose images name the latents (`heldout`: not `eval_split`; "
+                                            "`published`: valid, the evaluation split).")
     eval_split: str = Field("valid", description="Split of the naming evaluation.")
     protocol: Literal["heldout", "published"] = Field(
         "heldout", description="`heldout`: names are judged on images other than those that made them; `published`: "
@@ -264,7 +265,8 @@ class NamingConfig(_Section):
                                       "ground-truth concept and the similarity is at least this.")
     device: str = Field("auto", description="Device of the transformers backend.")
     dtype: str = Field("auto", description="`auto` (bfloat16 on CUDA, float32 on CPU), `bfloat16`, `float16`, `float32`.")
-    load_in_4bit: bool = Field(False, description="4-bit weights (bitsandbytes, CUDA only), as in the paper.")
+    load_in_4bit: bool = Field(False, description="4-bit weights (bitsandbytes, CUDA only), as in the published "
+                               "scripts; where they cannot load, the name and score-names stages fail before any work.")
     max_new_tokens: int = Field(300, ge=1, description="Generated tokens per answer (greedy decoding).")
     batch_size: int = Field(4, ge=1, description="Prompts per generation batch (transformers backend).")
     base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")
@@ -274,6 +276,23 @@ class NamingConfig(_Section):
     retries: int = Field(3, ge=0, description="Retries of a failed server request (exponential backoff).",
                          json_schema_extra=RUNTIME)
     concurrency: int = Field(4, ge=1, description="Server requests in flight at once.", json_schema_extra=RUNTIME)
+
+    @model_validator(mode="after")
+    def _protocol_splits(self):
+        if self.protocol == "heldout" and self.split == self.eval_split:
+            raise ValueError(f"naming.split and naming.eval_split are both {self.split!r}: the heldout protocol never "
+                             "judges a name on the images that made it; name on another split, or set "
+                             "naming.protocol: published")
+        if self.protocol == "published" and (self.split, self.eval_split) != ("valid", "valid"):
+            raise ValueError(f"naming.protocol: published names and judges on the validation split: set naming.split "
+                             f"and naming.eval_split to 'valid' (they are {self.split!r} and {self.eval_split!r})")
+        if self.protocol == "published" and self.selection != "paper":
+            raise ValueError("naming.selection: the published protocol shows the top two thirds of each latent's top "
+                             "100 images (the paper's rule); set naming.selection: paper, or naming.protocol: heldout")
+        if self.protocol == "published" and self.prompt_grid:
+            raise ValueError("naming.prompt_grid: the published protocol shows the images one by one; set "
+                             "naming.prompt_grid: false, or naming.protocol: heldout")
+        return self
 
 class Config(_Section):
     "The whole configuration of a run."

@@ -18,10 +18,11 @@ import pandas as pd
 import scipy.sparse as sp
 
 # %% auto #0
-__all__ = ['NAMER_SYSTEM', 'NAMER_PROMPT', 'active_counts', 'eligible_latents', 'paper_examples', 'quantile_examples',
-           'load_gray', 'image_grid', 'NamingItem', 'NameResult', 'Namer', 'text_hash', 'NameCache', 'name_units',
-           'names_table', 'VLMNamer', 'VocabularyNamer', 'attribute_table', 'EnrichmentNamer', 'naming_items',
-           'build_vlm', 'naming_stage_run']
+__all__ = ['PUBLISHED_TOP_K', 'NAMER_SYSTEM', 'NAMER_PROMPT', 'PUBLISHED_NAMER_SYSTEM', 'PUBLISHED_NAMER_PROMPT', 'active_counts',
+           'eligible_latents', 'paper_examples', 'published_examples', 'quantile_examples', 'load_gray', 'image_grid',
+           'NamingItem', 'NameResult', 'Namer', 'text_hash', 'NameCache', 'name_units', 'names_table', 'VLMNamer',
+           'vlm_namer', 'VocabularyNamer', 'attribute_table', 'EnrichmentNamer', 'naming_items', 'check_vlm_config',
+           'naming_split', 'build_vlm', 'naming_stage_run']
 
 # %% ../nbs/60_naming.ipynb #4cc4bba1
 def active_counts(codes) -> np.ndarray:
@@ -36,14 +37,23 @@ def eligible_latents(codes, min_active: int = 60) -> np.ndarray:
 def _column(codes, j: int) -> np.ndarray:
     return (codes[:, [j]].toarray().ravel() if sp.issparse(codes) else np.asarray(codes)[:, j]).astype(np.float64)
 
-def paper_examples(values: np.ndarray, n: int = 30, seed: int = 0) -> np.ndarray:
-    "Image indices shown for one latent: activating images by activation, top two thirds, first n/2 and last n/2, shuffled."
+def paper_examples(values: np.ndarray, n: int = 30, seed: int = 0, cap: int | None = None) -> np.ndarray:
+    """Image indices shown for one latent: activating images by activation, top two thirds (at most the top `cap`),
+    first n/2 and last n/2, shuffled."""
     act = np.flatnonzero(values > 1e-7)
     order = act[np.argsort(-values[act], kind="stable")]
-    kept = order[: int(np.ceil(len(order) * 2 / 3))]
+    kept = order[: int(np.ceil(len(order) * 2 / 3))][:cap]
     h = n // 2
     pick = kept if len(kept) <= n else np.concatenate([kept[:h], kept[-(n - h):]])
     return np.random.default_rng(seed).permutation(pick)
+
+PUBLISHED_TOP_K = 100
+"Candidates per latent in the published naming script: its top 100 activations (`torch.topk` with k = 100)."
+
+def published_examples(values: np.ndarray, n: int = 30, seed: int = 0) -> np.ndarray:
+    """The published script's images for one latent: the top two thirds of its activating images, capped at its top
+    100, then the first n//2 and the last n//2 of those (n//2 twice: an odd n shows n - 1), shuffled."""
+    return paper_examples(values, 2 * (n // 2), seed, cap=PUBLISHED_TOP_K)
 
 def quantile_examples(values: np.ndarray, n: int = 30, bins: int = 5, seed: int = 0) -> np.ndarray:
     "Image indices sampled evenly from `bins` activation quantiles of the activating images, shuffled."
@@ -175,22 +185,52 @@ NAMER_PROMPT = (
     "them. Answer only with a JSON object with two keys: \"concept\", a name of 5 to 10 words, and \"description\", "
     "two or three sentences on what the images share.")
 
+PUBLISHED_NAMER_SYSTEM = "You are an expert radiologist."
+"The published naming script's system instruction (`SYSTEM_INSTR` of src/assign_names_VLM.py), verbatim."
+
+PUBLISHED_NAMER_PROMPT = """
+Below I provide you with a sequence of chest X-ray images. Your task is to identify and describe the shared concept among these images. The shared concept could be medical, such as a specific condition or abnormality, or it could relate to non-medical aspects like patterns, artifacts, or other visual features.
+
+For example, you might identify a recurring visual pattern such as opacities in a specific lung region, consistent positioning of medical devices, or artifacts that appear across the images. The shared concept could also relate to image quality, patient positioning, or technical aspects of the X-rays.
+
+Some concepts may be more abstract, such as patterns of disease progression, specific diagnostic features, or technical aspects like image clarity or exposure.
+
+Further, some images may have been included that do not relate to the concept at all. Please ignore those items.
+
+First, please summarize the main concept in a short sentence or phrase, approximately 5 to 10 words. Be as specific as possible—it is fine if it doesn’t fit all images. Please be precise and creative. Then, also provide a longer description elaborating on the concept.
+
+Return the results in JSON format with the following JSON schema: {"concept": "main concept summary", "description": "longer description of the shared concept"}. The images follow now.
+"""
+"The published naming script's user prompt (`PROMPT_NO_REPORTS` of src/assign_names_VLM.py), verbatim; sent before the images."
+
 class VLMNamer:
     """Names a unit from its example images with a vision-language model (any `medsae.vlm.VLMBackend`). The images go
-    one by one (the paper), or with `grid=True` as one grid image (for models that take a single image well)."""
+    one by one (the paper), or with `grid=True` as one grid image (for models that take a single image well); the
+    prompt follows them, or with `text_first=True` precedes them. `{n}` in the prompt is the number of images."""
     def __init__(self, backend, system: str = NAMER_SYSTEM, prompt: str = NAMER_PROMPT, image_size: int | None = None,
-                 grid: bool = False):
+                 grid: bool = False, text_first: bool = False):
         self.backend, self.system, self.prompt, self.image_size, self.grid = backend, system, prompt, image_size, grid
+        self.text_first = text_first
         self.name = getattr(backend, "name", type(backend).__name__)
-        self.prompt_hash = text_hash(system, prompt, image_size, grid)
+        self.prompt_hash = text_hash(system, prompt, image_size, grid, *(["text first"] if text_first else []))
+
+    def user_text(self, n: int) -> str:
+        "The user text for `n` images (only `{n}` is filled: the published prompt holds JSON braces)."
+        text = self.prompt.replace("{n}", str(n))
+        return text.replace("images above", "images in the grid above") if self.grid else text
+
+    def prompt_record(self, n: int) -> str:
+        "The conversation as the cache records it, images as a `<n images>` placeholder where they are sent."
+        user = f"{self.user_text(n)} <{n} images>" if self.text_first else f"<{n} images> {self.user_text(n)}"
+        return f"[system] {self.system}\n[user] {user}"
 
     def requests(self, items: Sequence[NamingItem]):
         from medsae.vlm import VLMRequest
         def imgs(it):
             if self.grid: return [image_grid(it.paths, ncol=6, size=self.image_size or 160).convert("RGB")]
             return [load_gray(p, self.image_size).convert("RGB") for p in it.paths]
-        return [VLMRequest(self.system, self.prompt.format(n=len(it.paths)).replace("images above", "images above"
-                           if not self.grid else "images in the grid above"), imgs(it), key=str(it.unit)) for it in items]
+        return [VLMRequest(self.system, self.user_text(len(it.paths)), imgs(it), key=str(it.unit),
+                           text_first=self.text_first) for it in items]
 
     def name_units(self, items: list[NamingItem], progress: bool = False) -> list[NameResult]:
         from medsae.vlm import parse_json_object
@@ -203,9 +243,15 @@ class VLMNamer:
                                   concept=str(parsed.get("concept", "")).strip() if parsed else "",
                                   description=str(parsed.get("description", "")).strip() if parsed else "",
                                   ok=err is None, error=err, n_active=it.n_active, image_ids=list(it.image_ids),
-                                  prompt=f"[system] {self.system}\n[user] <{len(it.paths)} images> " + self.prompt.format(n=len(it.paths)),
+                                  prompt=self.prompt_record(len(it.paths)),
                                   raw=r.text, seconds=r.seconds))
         return out
+
+def vlm_namer(backend, protocol: str = "heldout", grid: bool = False) -> VLMNamer:
+    "The VLM namer of a naming protocol: ours (`heldout`), or `published`: the published prompts, text before images."
+    if protocol == "published":
+        return VLMNamer(backend, PUBLISHED_NAMER_SYSTEM, PUBLISHED_NAMER_PROMPT, grid=grid, text_first=True)
+    return VLMNamer(backend, grid=grid)
 
 # %% ../nbs/60_naming.ipynb #aa10ae73
 class VocabularyNamer:
@@ -305,9 +351,9 @@ class EnrichmentNamer:
 # %% ../nbs/60_naming.ipynb #897bbcd1
 def naming_items(codes, index: pd.DataFrame, root: str | Path, units: Sequence[int], n: int = 30, seed: int = 0,
                  selection: str = "paper", unit_kind: str = "sae") -> list[NamingItem]:
-    "Example images of each unit (`selection`: paper or quantile)."
+    "Example images of each unit (`selection`: paper, quantile or published)."
     from medsae.data import image_files
-    pick = {"paper": paper_examples, "quantile": quantile_examples}[selection]
+    pick = {"paper": paper_examples, "quantile": quantile_examples, "published": published_examples}[selection]
     c = sp.csc_matrix(codes) if sp.issparse(codes) else np.asarray(codes)
     counts = active_counts(c) if sp.issparse(c) else (np.asarray(c) > 1e-7).sum(0)
     items = []
@@ -318,9 +364,21 @@ def naming_items(codes, index: pd.DataFrame, root: str | Path, units: Sequence[i
                                 [str(index["Path"].iloc[i]) for i in idx], [float(v[i]) for i in idx], int(counts[int(u)])))
     return items
 
+def check_vlm_config(cfg, kinds: Sequence[str]) -> None:
+    "Fail before any work, naming the field, when a NamingConfig asks `kinds` of backends for what this machine lacks."
+    from medsae.config import ConfigError
+    from medsae.vlm import four_bit_problem
+    why = four_bit_problem(cfg.device) if cfg.load_in_4bit and "medgemma" in kinds else None
+    if why: raise ConfigError(f"naming.load_in_4bit: 4-bit MedGemma {why}; set naming.load_in_4bit: false")
+
+def naming_split(cfg) -> str:
+    "The split whose images name the latents: the evaluation split under the published protocol, else `naming.split`."
+    return cfg.eval_split if cfg.protocol == "published" else cfg.split
+
 def build_vlm(cfg, kind: str):
     "The vision-language backend `kind` (medgemma: transformers; openai: a chat-completions server) of a NamingConfig."
     from medsae.vlm import OpenAIVLM, TransformersVLM
+    check_vlm_config(cfg, [kind])
     if kind == "medgemma":
         return TransformersVLM(cfg.model, device=cfg.device, dtype=cfg.dtype, load_in_4bit=cfg.load_in_4bit,
                                max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
@@ -340,14 +398,17 @@ def naming_stage_run(act_dir: str | Path, root: str | Path, out: str | Path, cfg
     from medsae.activations import load_activations
     from medsae.data import write_table
     from medsae.layout import ActivationsFolder, CacheFolder, NamesFolder
+    check_vlm_config(cfg, cfg.namers)
     out = NamesFolder(out); out.path.mkdir(parents=True, exist_ok=True)
-    codes, index, _ = load_activations(ActivationsFolder(act_dir).split(cfg.split))
+    split = naming_split(cfg)
+    codes, index, _ = load_activations(ActivationsFolder(act_dir).split(split))
     counts = active_counts(codes)
     elig = np.flatnonzero(counts > cfg.min_active)
     elig = elig[np.argsort(-counts[elig], kind="stable")][: cfg.max_latents]
     cache = NameCache(cache_path or CacheFolder(out).names)   # a cache of its own when the run's is not given
-    results, timing = [], {}
-    items = naming_items(codes, index, root, elig, cfg.n_examples, seed, cfg.selection)
+    results, timing, hashes = [], {}, {}
+    selection = "published" if cfg.protocol == "published" else cfg.selection
+    items = naming_items(codes, index, root, elig, cfg.n_examples, seed, selection)
     for kind in cfg.namers:
         t0 = time.time()
         if kind == "vocabulary":
@@ -362,13 +423,14 @@ def naming_stage_run(act_dir: str | Path, root: str | Path, out: str | Path, cfg
             namer = EnrichmentNamer(codes, attribute_table(index, labels, policy, meta_table), cfg.enrichment_top)
             results += name_units(namer, items, cache, batch=256, progress=progress)
         else:
-            namer = VLMNamer(build_vlm(cfg, kind), grid=cfg.prompt_grid)
+            namer = vlm_namer(build_vlm(cfg, kind), cfg.protocol, cfg.prompt_grid)
             results += name_units(namer, items, cache, batch=cfg.batch_size, progress=progress)
-        timing[kind] = round(time.time() - t0, 2)
+        timing[kind], hashes[kind] = round(time.time() - t0, 2), namer.prompt_hash
     table = names_table(results)
     write_table(table, out.names)
-    summary = dict(split=cfg.split, eligible=int((counts > cfg.min_active).sum()), named=int(len(elig)),
-                   min_active=cfg.min_active, namers=list(cfg.namers), selection=cfg.selection, seconds=timing,
+    summary = dict(protocol=cfg.protocol, split=split, judged_on=cfg.eval_split, prompt_hashes=hashes,
+                   eligible=int((counts > cfg.min_active).sum()), named=int(len(elig)),
+                   min_active=cfg.min_active, namers=list(cfg.namers), selection=selection, seconds=timing,
                    ok={k: int(table[(table.namer.str.startswith(k[:6])) & (table.unit_kind == "sae")].ok.sum()) for k in cfg.namers},
                    failures=int((~table.ok).sum()))
     if best_units is not None:

@@ -14,23 +14,38 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .naming import NameCache, NameResult, _column, load_gray, text_hash
+from .naming import NameCache, NameResult, _column, load_gray, naming_split, text_hash
 
 # %% auto #0
-__all__ = ['JUDGE_SYSTEM', 'JUDGE_PROMPT', 'eval_set', 'detection_scores', 'TextJudge', 'VLMJudge', 'derangement', 'score_names',
-           'summarise_scores', 'plot_naming_accuracy', 'sentence_embedder', 'name_correctness', 'naming_eval_stage_run']
+__all__ = ['JUDGE_SYSTEM', 'JUDGE_PROMPT', 'PUBLISHED_JUDGE_SYSTEM', 'PUBLISHED_JUDGE_PROMPT', 'published_positives', 'eval_set',
+           'detection_scores', 'TextJudge', 'VLMJudge', 'vlm_judge', 'derangement', 'score_names', 'summarise_scores',
+           'plot_naming_accuracy', 'sentence_embedder', 'name_correctness', 'naming_eval_stage_run']
 
 # %% ../nbs/62_naming_eval.ipynb #ec201c08
-def eval_set(values: np.ndarray, n_pos: int = 30, n_neg: int = 30, seed: int = 0, unit_kind: str = "sae") -> tuple[np.ndarray, np.ndarray]:
-    "`(image indices, truth)`: the top `n_pos` activating images and `n_neg` random non-activating ones, shuffled."
+def published_positives(values: np.ndarray, n_pos: int = 30) -> np.ndarray:
+    """The published evaluation's activating images: the top `n_pos` of *all* images by activation (ties by index), so
+    a unit active on fewer than `n_pos` is padded with zero-activation images."""
+    return np.argsort(-values, kind="stable")[:n_pos]
+
+def eval_set(values: np.ndarray, n_pos: int = 30, n_neg: int = 30, seed: int = 0, unit_kind: str = "sae",
+             published: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """`(image indices, truth)`, shuffled: the top `n_pos` activating images (truth 1) and `n_neg` random
+    non-activating ones (truth 0). `published` (SAE units): `published_positives` and `n_neg` random images with
+    activation <= 1e-7, drawn with replacement when there are fewer; truth is activation >= 1e-7, so a padding image
+    is shown among the activating ones but scored as a negative."""
     rng = np.random.default_rng(seed)
     if unit_kind == "sae":
         act = np.flatnonzero(values > 1e-7); non = np.flatnonzero(values <= 1e-7)
     else:                                                   # raw dimensions: top vs below the median
         act = np.arange(len(values)); non = np.flatnonzero(values < np.median(values))
-    pos = act[np.argsort(-values[act], kind="stable")[:n_pos]]
-    neg = rng.choice(non, size=min(n_neg, len(non)), replace=False) if len(non) else np.array([], dtype=int)
-    idx = np.concatenate([pos, neg]); truth = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    if published and unit_kind == "sae":
+        pos = published_positives(values, n_pos)
+        neg = rng.choice(non, size=n_neg, replace=len(non) < n_neg) if len(non) else np.array([], dtype=int)
+        idx = np.concatenate([pos, neg]); truth = values[idx] >= 1e-7
+    else:
+        pos = act[np.argsort(-values[act], kind="stable")[:n_pos]]
+        neg = rng.choice(non, size=min(n_neg, len(non)), replace=False) if len(non) else np.array([], dtype=int)
+        idx = np.concatenate([pos, neg]); truth = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
     perm = rng.permutation(len(idx))
     return idx[perm], truth[perm].astype(int)
 
@@ -64,25 +79,60 @@ class TextJudge:
         pred = np.zeros(len(rows), dtype=int); pred[np.argsort(-s, kind="stable")[:n_pos]] = 1
         return pred
 
+PUBLISHED_JUDGE_SYSTEM = """Act as a precise and analytical radiologist.
+"""
+"The published judge's system instruction (`SYSTEM_INSTR` of src/naming_eval.py), verbatim."
+
+PUBLISHED_JUDGE_PROMPT = """
+    You will receive a specific concept and a description, such as "Pulmonary edema and pleural effusions in a patient with a central line" or "Technical Artifacts and/or Equipment-Related Anomalies."
+    Following this, you will be presented with multiple image examples.
+    Your objective is to assess which of these examples accurately contains the given concept.
+    For each image example provided, indicate with a 1 if the image is correctly labeled, or a 0 if it is mislabeled.
+    Ensure your response is formatted strictly as a valid Python list of length {bs}.
+    Return only the Python list without any additional information.
+
+    Concept: {concept}
+    Description: {description}
+    Image examples:
+    """
+"""The published judge's user prompt (the f-string of `get_activating_guess` in src/naming_eval.py), verbatim, its
+fields left to fill: `{bs}` is the images per prompt (5 there, also for a shorter last prompt); sent before the images."""
+
 class VLMJudge:
-    "A vision-language judge: `images_per_prompt` images per prompt, a 0/1 list per prompt."
+    """A vision-language judge: `images_per_prompt` images per prompt, a 0/1 list per prompt. The prompt may use
+    `{concept}`, `{description}`, `{n}` (images in this prompt), `{bs}` (`images_per_prompt`) and `{example}`; it
+    follows the images, or with `text_first=True` precedes them."""
     def __init__(self, backend, images_per_prompt: int = 5, system: str = JUDGE_SYSTEM, prompt: str = JUDGE_PROMPT,
-                 image_size: int | None = None):
+                 image_size: int | None = None, text_first: bool = False):
         self.backend, self.k, self.system, self.prompt, self.image_size = backend, images_per_prompt, system, prompt, image_size
+        self.text_first = text_first
         self.name = getattr(backend, "name", "vlm")
-        self.prompt_hash = text_hash(system, prompt, images_per_prompt, image_size)
+        self.prompt_hash = text_hash(system, prompt, images_per_prompt, image_size, *(["text first"] if text_first else []))
+
+    def requests(self, concept: str, description: str, paths: Sequence[str]) -> list:
+        "The prompts that judge `paths`, `images_per_prompt` images each."
+        from medsae.vlm import VLMRequest
+        chunks = [paths[s:s + self.k] for s in range(0, len(paths), self.k)]
+        return [VLMRequest(self.system, self.prompt.format(concept=concept, description=description, n=len(c), bs=self.k,
+                                                           example=str([1, 0] * (len(c) // 2) + [0] * (len(c) % 2)).replace(" ", "")),
+                           [load_gray(p, self.image_size).convert("RGB") for p in c], text_first=self.text_first)
+                for c in chunks]
 
     def judge(self, concept: str, description: str, rows: np.ndarray, paths: Sequence[str], n_pos: int) -> np.ndarray:
-        from medsae.vlm import VLMRequest, parse_binary_list
+        from medsae.vlm import parse_binary_list
         chunks = [list(range(s, min(s + self.k, len(paths)))) for s in range(0, len(paths), self.k)]
-        reqs = [VLMRequest(self.system, self.prompt.format(concept=concept, description=description, n=len(c),
-                                                           example=str([1, 0] * (len(c) // 2) + [0] * (len(c) % 2)).replace(" ", "")),
-                           [load_gray(paths[i], self.image_size).convert("RGB") for i in c]) for c in chunks]
+        reqs = self.requests(concept, description, paths)
         pred = np.full(len(paths), -1)
         for c, r in zip(chunks, self.backend.generate(reqs)):
             v = parse_binary_list(r.text, len(c)) if r.error is None else None
             if v is not None: pred[c] = v
         return pred
+
+def vlm_judge(backend, protocol: str = "heldout", images_per_prompt: int = 5) -> VLMJudge:
+    "The VLM judge of a naming protocol: ours (`heldout`), or `published`: the published prompts, text before images."
+    if protocol == "published":
+        return VLMJudge(backend, images_per_prompt, PUBLISHED_JUDGE_SYSTEM, PUBLISHED_JUDGE_PROMPT, text_first=True)
+    return VLMJudge(backend, images_per_prompt)
 
 # %% ../nbs/62_naming_eval.ipynb #5c3b53d1
 def derangement(n: int, seed: int = 0) -> np.ndarray:
@@ -95,9 +145,10 @@ def derangement(n: int, seed: int = 0) -> np.ndarray:
 
 def score_names(names: pd.DataFrame, sae_codes, raw_emb: np.ndarray, index: pd.DataFrame, root: str | Path, judge,
                 n_pos: int = 30, n_neg: int = 30, seed: int = 0, cache: NameCache | None = None,
-                progress: bool = True) -> pd.DataFrame:
+                progress: bool = True, protocol: str = "heldout") -> pd.DataFrame:
     """Detection scores of every named unit in `names` (columns unit_kind, unit, namer, concept, description, ok) on
-    the evaluation images, plus the random-explanation baseline for the SAE names of each namer."""
+    the evaluation images, plus the random-explanation baseline for the SAE names of each namer (`protocol`
+    published: the published evaluation set, see `eval_set`)."""
     from medsae.data import image_files
     from tqdm.auto import tqdm
     sae_c = sp.csc_matrix(sae_codes)
@@ -111,7 +162,7 @@ def score_names(names: pd.DataFrame, sae_codes, raw_emb: np.ndarray, index: pd.D
     rows = []
     for kind, u, nm, concept, desc in tqdm(jobs, disable=not progress, desc=f"judging ({judge.name})"):
         v = _column(sae_c, u) if kind in ("sae", "random") else np.asarray(raw_emb[:, u], dtype=np.float64)
-        idx, truth = eval_set(v, n_pos, n_neg, seed + u, "raw" if kind == "raw" else "sae")
+        idx, truth = eval_set(v, n_pos, n_neg, seed + u, "raw" if kind == "raw" else "sae", protocol == "published")
         key = (f"judge:{kind}", u, f"{judge.name}|{nm}", text_hash(judge.prompt_hash, concept, desc, idx.tolist()))
         hit = cache.get(key) if cache is not None else None
         t0 = time.time()
@@ -216,14 +267,16 @@ def naming_eval_stage_run(names_csv: str | Path, act_dir: str | Path, store_path
     sel = names[((names.unit_kind == "sae") & names.unit.isin(sae_units)) | ((names.unit_kind == "raw") & names.unit.isin(raw_units))]
     cache = NameCache(cache_path or CacheFolder(out).judgements)   # a cache of its own when the run's is not given
     t0 = time.time()
-    scores = score_names(sel, codes, raw, index, root, judge, cfg.eval_positive, cfg.eval_negative, seed, cache, progress)
+    scores = score_names(sel, codes, raw, index, root, judge, cfg.eval_positive, cfg.eval_negative, seed, cache, progress,
+                         cfg.protocol)
     write_table(scores.round(4), out.scores)
     summ = summarise_scores(scores)
     write_table(summ, out.summary)
     save_figure(plot_naming_accuracy(scores, f"names judged by '{judge.name}' on the {cfg.eval_split} split "
-                                     f"({cfg.eval_positive} activating + {cfg.eval_negative} other images per unit)"),
-                out.figure)
-    summary = dict(judge=judge.name, eval_split=cfg.eval_split, sae_units=len(sae_units), raw_units=len(raw_units),
+                                     f"({cfg.eval_positive} activating + {cfg.eval_negative} other images per unit, "
+                                     f"{cfg.protocol} protocol)"), out.figure)
+    summary = dict(judge=judge.name, protocol=cfg.protocol, names_split=naming_split(cfg), eval_split=cfg.eval_split,
+                   judge_prompt_hash=judge.prompt_hash, sae_units=len(sae_units), raw_units=len(raw_units),
                    seconds=round(time.time() - t0, 1),
                    mean_accuracy={f"{r.namer}/{r.unit_kind}": r.accuracy for r in summ.itertuples()})
     if md is not None and md.concept_auroc.exists():

@@ -210,12 +210,12 @@ def _judge(cfg: Config):
     "The judge of the naming evaluation: the offline text judge or a vision-language model."
     from medsae.extract import EmbeddingStore
     from medsae.naming import build_vlm
-    from medsae.naming_eval import TextJudge, VLMJudge
+    from medsae.naming_eval import TextJudge, vlm_judge
     if cfg.naming.judge == "text":
         enc = run_encoder(cfg)
         emb, _ = EmbeddingStore(RunLayout(cfg.run_dir).extract.store).split(cfg.naming.eval_split)
         return TextJudge(lambda t: enc.encode_texts(t).cpu().numpy(), emb)
-    return VLMJudge(build_vlm(cfg.naming, cfg.naming.judge), cfg.naming.images_per_prompt)
+    return vlm_judge(build_vlm(cfg.naming, cfg.naming.judge), cfg.naming.protocol, cfg.naming.images_per_prompt)
 
 def _score_names(p, run) -> dict:
     from medsae.naming_eval import naming_eval_stage_run

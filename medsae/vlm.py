@@ -14,23 +14,24 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from PIL import Image
 
 # %% auto #0
-__all__ = ['GEMMA_SPECIALS', 'GEMMA3_CHAT_TEMPLATE', 'VLMRequest', 'VLMResult', 'VLMBackend', 'image_data_url',
-           'parse_json_object', 'parse_binary_list', 'ModelNotAvailableError', 'chat_messages', 'TransformersVLM',
-           'tiny_gemma3', 'openai_messages', 'OpenAIVLM']
+__all__ = ['GEMMA_SPECIALS', 'GEMMA3_CHAT_TEMPLATE', 'VLMRequest', 'VLMResult', 'VLMBackend', 'image_data_url', 'user_parts',
+           'parse_json_object', 'parse_binary_list', 'ModelNotAvailableError', 'chat_messages', 'four_bit_problem',
+           'TransformersVLM', 'tiny_gemma3', 'openai_messages', 'OpenAIVLM']
 
 # %% ../nbs/61_vlm.ipynb #1ce18afe
 @dataclass
 class VLMRequest:
-    "One prompt: a system turn, then a user turn made of `images` (in order) followed by the `user` text."
+    "One prompt: a system turn, then a user turn made of `images` (in order) and the `user` text, images first."
     system: str                      # system turn text
-    user: str                        # user turn text, placed after the images
-    images: list                     # PIL.Image.Image list, shown in order before the user text
+    user: str                        # user turn text, placed after the images (before them with text_first)
+    images: list                     # PIL.Image.Image list, shown in order
     key: str = ""                    # free-form id the caller uses to match results (not sent)
+    text_first: bool = False         # the user text before the images (the published scripts' order)
 
 @dataclass
 class VLMResult:
@@ -56,6 +57,12 @@ def image_data_url(img: Image.Image) -> str:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+def user_parts(req: VLMRequest, image_part: Callable[[Image.Image], dict]) -> list[dict]:
+    "The user turn's content parts: one `image_part(image)` per image and the text part, ordered as `req` asks."
+    text = [{"type": "text", "text": req.user}]
+    images = [image_part(im) for im in req.images]
+    return text + images if req.text_first else images + text
 
 def _check_request(r: Any) -> str | None:
     "Why `r` cannot be sent (None when it can)."
@@ -190,9 +197,19 @@ class ModelNotAvailableError(FileNotFoundError):
 def chat_messages(req: VLMRequest) -> list[dict]:
     "`req` as transformers chat messages: a system turn, then the images and the text of the user turn."
     return [{"role": "system", "content": [{"type": "text", "text": req.system}]},
-            {"role": "user", "content": [*({"type": "image", "image": im.convert("RGB") if im.mode != "RGB" else im}
-                                            for im in req.images),
-                                         {"type": "text", "text": req.user}]}]
+            {"role": "user", "content": user_parts(req, lambda im: {"type": "image",
+                                                                    "image": im.convert("RGB") if im.mode != "RGB" else im})}]
+
+def four_bit_problem(device: str = "auto") -> str | None:
+    "Why 4-bit (bitsandbytes) weights cannot load on `device` (`auto`: CUDA when there is one); None when they can."
+    import importlib.util
+    import torch
+    cuda = torch.cuda.is_available()
+    dev = ("cuda" if cuda else "cpu") if device == "auto" else str(device)
+    if not (dev.startswith("cuda") and cuda):
+        return f"needs a CUDA GPU (bitsandbytes 4-bit), but the device is {dev!r}{'' if cuda else ' and CUDA is not available'}"
+    missing = [m for m in ("bitsandbytes", "accelerate") if importlib.util.find_spec(m) is None]
+    return f"needs {' and '.join(missing)}: `pip install {' '.join(missing)}`" if missing else None
 
 def _looks_local(model: str) -> bool:
     "Whether `model` names a folder rather than a hub id (`org/name`)."
@@ -241,7 +258,7 @@ class TransformersVLM:
             if not isinstance(self.dtype, torch.dtype): raise ValueError(f"unknown dtype {dtype!r}")
         self.local_files_only = _env_offline() if local_files_only is None else bool(local_files_only)
         kw: dict = dict(dtype=self.dtype, local_files_only=self.local_files_only)
-        if load_in_4bit: kw.update(self._four_bit(on_cuda))
+        if load_in_4bit: kw.update(self._four_bit())
         path = Path(self.model_id).expanduser()
         if _looks_local(self.model_id) and not (path / "config.json").is_file():
             raise ModelNotAvailableError(_missing_model_message(self.model_id, self.local_files_only, None))
@@ -255,18 +272,12 @@ class TransformersVLM:
         self.model.eval()
         self.processor.tokenizer.padding_side = "left"
 
-    def _four_bit(self, on_cuda: bool) -> dict:
+    def _four_bit(self) -> dict:
         "from_pretrained arguments for 4-bit weights; a clear error when CUDA, bitsandbytes or accelerate is missing."
-        import importlib.util
         import torch
         from transformers import BitsAndBytesConfig
-        if not (on_cuda and torch.cuda.is_available()):
-            raise RuntimeError(f"load_in_4bit=True needs a CUDA GPU (bitsandbytes 4-bit), but the device is "
-                               f"{self.device!r}{'' if torch.cuda.is_available() else ' and CUDA is not available'}; "
-                               "use load_in_4bit=False (bf16 on GPU, float32 on CPU).")
-        missing = [m for m in ("bitsandbytes", "accelerate") if importlib.util.find_spec(m) is None]
-        if missing:
-            raise RuntimeError(f"load_in_4bit=True needs {' and '.join(missing)}: `pip install {' '.join(missing)}`.")
+        why = four_bit_problem(self.device)
+        if why: raise RuntimeError(f"load_in_4bit=True {why}; use load_in_4bit=False (bf16 on GPU, float32 on CPU).")
         return dict(quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16),
                     device_map={"": self.device})
 
@@ -425,9 +436,8 @@ def tiny_gemma3(out_dir: str | Path, seed: int = 0) -> Path:
 def openai_messages(req: VLMRequest) -> list[dict]:
     "`req` as chat-completions messages: system turn, then the images as PNG data URLs and the user text."
     return [{"role": "system", "content": req.system},
-            {"role": "user", "content": [*({"type": "image_url", "image_url": {"url": image_data_url(im)}}
-                                           for im in req.images),
-                                         {"type": "text", "text": req.user}]}]
+            {"role": "user", "content": user_parts(req, lambda im: {"type": "image_url",
+                                                                    "image_url": {"url": image_data_url(im)}})}]
 
 class _Retryable(Exception):
     "A failure worth another try (timeout, connection, 429, 5xx)."

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from medsae.vlm import (ModelNotAvailableError, OpenAIVLM, TransformersVLM, VLMBackend, VLMRequest, VLMResult,
-                        image_data_url, parse_binary_list, parse_json_object, tiny_gemma3)
+                        chat_messages, four_bit_problem, image_data_url, openai_messages, parse_binary_list,
+                        parse_json_object, tiny_gemma3)
 
 SYSTEM = "You are an expert radiologist."
 
@@ -60,6 +61,20 @@ def test_prompt_renders_system_image_tokens_and_user_text(vlm):
     assert ids.count(tok.bos_token_id) == 1                      # the template's <bos>, not a second one
     text = tok.decode(ids)
     assert text.index(SYSTEM) < text.index("<start_of_image>") < text.index("Which concept")
+
+
+def test_text_first_sends_the_instruction_before_the_images(vlm):
+    "The published scripts' order: the user text, then the images, in the messages, the prompt and the model's input."
+    req = VLMRequest(SYSTEM, "Which concept do these share?", xrays(2), text_first=True)
+    assert [p["type"] for p in chat_messages(req)[1]["content"]] == ["text", "image", "image"]
+    assert [p["type"] for p in openai_messages(req)[1]["content"]] == ["text", "image_url", "image_url"]
+    assert vlm.render(req) == ("<bos><start_of_turn>user\n" + SYSTEM + "\n\nWhich concept do these share?" +
+                               "<start_of_image>" * 2 + "<end_of_turn>\n<start_of_turn>model\n")
+    text = vlm.processor.tokenizer.decode(vlm.encode([req])["input_ids"][0].tolist())
+    assert text.index("Which concept") < text.index("<start_of_image>") < text.index("<image_soft_token>")
+    ours = VLMRequest(SYSTEM, "Which concept do these share?", xrays(2))             # the default: images first
+    assert [p["type"] for p in chat_messages(ours)[1]["content"]] == ["image", "image", "text"]
+    assert vlm.render(ours).index("<start_of_image>") < vlm.render(ours).index("Which concept")
 
 
 def test_batched_generation_greedy_and_left_padded(vlm):
@@ -134,6 +149,7 @@ def test_4bit_needs_cuda_and_bitsandbytes(tiny, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "bitsandbytes" else real(n, *a))
     with pytest.raises(RuntimeError, match="pip install bitsandbytes"):
         TransformersVLM(tiny, load_in_4bit=True, device="cuda")
+    assert "pip install bitsandbytes" in four_bit_problem("cuda") and "CUDA GPU" in four_bit_problem("cpu")
 
 
 # ---------------------------------------------------------------------------------------------------------------
