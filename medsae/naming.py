@@ -20,9 +20,9 @@ import scipy.sparse as sp
 # %% auto #0
 __all__ = ['PUBLISHED_TOP_K', 'NAMER_SYSTEM', 'NAMER_PROMPT', 'PUBLISHED_NAMER_SYSTEM', 'PUBLISHED_NAMER_PROMPT', 'active_counts',
            'eligible_latents', 'paper_examples', 'published_examples', 'quantile_examples', 'load_gray', 'image_grid',
-           'NamingItem', 'NameResult', 'Namer', 'text_hash', 'NameCache', 'name_units', 'names_table', 'VLMNamer',
-           'vlm_namer', 'VocabularyNamer', 'attribute_table', 'EnrichmentNamer', 'naming_items', 'check_vlm_config',
-           'naming_split', 'build_vlm', 'naming_stage_run']
+           'NamingItem', 'NameResult', 'Namer', 'text_hash', 'item_hash', 'NameCache', 'name_units', 'names_table',
+           'VLMNamer', 'vlm_namer', 'VocabularyNamer', 'attribute_table', 'EnrichmentNamer', 'naming_items',
+           'check_vlm_config', 'naming_split', 'build_vlm', 'naming_stage_run']
 
 # %% ../nbs/60_naming.ipynb #4cc4bba1
 def active_counts(codes) -> np.ndarray:
@@ -115,9 +115,10 @@ class NameResult:
     raw: str | None = None
     seconds: float = 0.0
     details: dict = field(default_factory=dict)
+    item_hash: str = ""                                # what the namer was shown: images, activations (item_hash())
 
     @property
-    def key(self) -> tuple: return (self.unit_kind, int(self.unit), self.namer, self.prompt_hash)
+    def key(self) -> tuple: return (self.unit_kind, int(self.unit), self.namer, self.prompt_hash, self.item_hash)
 
 @runtime_checkable
 class Namer(Protocol):
@@ -129,9 +130,14 @@ class Namer(Protocol):
 def text_hash(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+def item_hash(it: NamingItem) -> str:
+    "What a unit's name depends on besides the prompt: its images and their activations (a retrained SAE changes them)."
+    return text_hash(it.unit_kind, int(it.unit), list(it.image_ids), [round(float(a), 5) for a in it.activations],
+                     int(it.n_active))
+
 # %% ../nbs/60_naming.ipynb #540bbdd6
 class NameCache:
-    """Append-only JSONL of `NameResult`s keyed by (unit kind, unit, namer, prompt hash). Each record is flushed and
+    """Append-only JSONL of `NameResult`s keyed by (unit kind, unit, namer, prompt hash, item hash). Each record is flushed and
     fsynced when written, so a crash loses at most the answer in flight; a torn last line is ignored on reading."""
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -160,13 +166,14 @@ def name_units(namer: Namer, items: Sequence[NamingItem], cache: NameCache | str
     out: dict[int, NameResult] = {}
     todo = []
     for i, it in enumerate(items):
-        hit = cache.get((it.unit_kind, int(it.unit), namer.name, namer.prompt_hash)) if cache else None
+        hit = cache.get((it.unit_kind, int(it.unit), namer.name, namer.prompt_hash, item_hash(it))) if cache else None
         if hit is not None: out[i] = hit
         else: todo.append(i)
     with tqdm(total=len(todo), disable=not progress or not todo, desc=f"naming ({namer.name})") as bar:
         for s in range(0, len(todo), batch):
             idx = todo[s:s + batch]
             res = namer.name_units([items[i] for i in idx])
+            for i, r in zip(idx, res): r.item_hash = item_hash(items[i])
             if cache is not None: cache.add(res)
             out.update(zip(idx, res)); bar.update(len(idx))
     return [out[i] for i in range(len(items))]

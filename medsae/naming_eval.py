@@ -163,7 +163,8 @@ def score_names(names: pd.DataFrame, sae_codes, raw_emb: np.ndarray, index: pd.D
     for kind, u, nm, concept, desc in tqdm(jobs, disable=not progress, desc=f"judging ({judge.name})"):
         v = _column(sae_c, u) if kind in ("sae", "random") else np.asarray(raw_emb[:, u], dtype=np.float64)
         idx, truth = eval_set(v, n_pos, n_neg, seed + u, "raw" if kind == "raw" else "sae", protocol == "published")
-        key = (f"judge:{kind}", u, f"{judge.name}|{nm}", text_hash(judge.prompt_hash, concept, desc, idx.tolist()))
+        shown = [str(index["Path"].iloc[i]) for i in idx]
+        key = (f"judge:{kind}", u, f"{judge.name}|{nm}", text_hash(judge.prompt_hash, concept, desc), text_hash(shown))
         hit = cache.get(key) if cache is not None else None
         t0 = time.time()
         if hit is not None: pred = np.asarray(hit.details["pred"])
@@ -171,7 +172,7 @@ def score_names(names: pd.DataFrame, sae_codes, raw_emb: np.ndarray, index: pd.D
             pred = judge.judge(concept, desc, idx, image_files(root, index["Path"].iloc[idx]), n_pos)
             if cache is not None:
                 cache.add([NameResult(u, key[0], key[2], key[3], concept=concept, ok=True, seconds=time.time() - t0,
-                                      image_ids=[str(index["Path"].iloc[i]) for i in idx],
+                                      image_ids=shown, item_hash=key[4],
                                       details={"pred": [int(x) for x in pred], "truth": [int(x) for x in truth]})])
         rows.append(dict(unit_kind=kind, unit=u, namer=nm, judge=judge.name, concept=concept, **detection_scores(pred, truth),
                          positives=int(truth.sum())))

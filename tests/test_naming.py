@@ -128,6 +128,13 @@ def test_offline_namers_and_scores_on_a_planted_space(tmp_path):
     s = summarise_scores(sc).set_index("unit_kind")
     assert s.loc["sae", "accuracy"] >= 0.9 and s.loc["random", "accuracy"] <= 0.6
     assert len((tmp_path / "j.jsonl").read_text().splitlines()) == len(sc)     # judgements cached
+    tj = TextJudge(te, emb)
+    class Refuse:                                                               # a rerun asks the judge nothing
+        name, prompt_hash = tj.name, tj.prompt_hash
+        def judge(self, *a): raise AssertionError("judge called for a cached judgement")
+    again = score_names(names, codes, emb, index, tmp_path, Refuse(), seed=0, cache=NameCache(tmp_path / "j.jsonl"),
+                        progress=False)
+    pd.testing.assert_frame_equal(sc, again)
 
 
 def test_example_selection_needs_activating_images():
