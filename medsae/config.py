@@ -139,6 +139,8 @@ class EncoderConfig(_Section):
                       "encoder the run trains on PhantomCXR), `medclip-resnet50`, `medclip-swin`, `openclip:<name>`, "
                       "`hf-clip:<id or folder>`.")
     weights: Path | None = Field(None, description="Local checkpoint; when set no hub call is made.")
+    random_weights: bool = Field(False, description="Allow a MedCLIP or open_clip encoder without weights (randomly "
+                                 "initialised): only to test the pipeline; the results page says so.")
     batch_size: int = Field(64, ge=1, description="Images per forward pass.")
     device: str = Field("auto", description="`auto`, `cpu`, `cuda`, `cuda:N` or `mps`.")
     tokenizer: str | None = Field(None, description="MedCLIP text tokenizer: a local folder, or the hub id "

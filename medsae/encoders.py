@@ -468,8 +468,14 @@ def build_medclip(variant: str = "resnet50", weights: str | Path | None = None, 
     return MedCLIPEncoder(model, f"medclip-{variant}", tok, weights_path=Path(weights) if weights else None)
 
 def build_encoder(name: str, weights: str | Path | None = None, tokenizer: str | None = None,
-                  device: str = "auto") -> Encoder:
-    "An `Encoder` by name (see `ENCODER_NAMES`)."
+                  device: str = "auto", random_weights: bool = False) -> Encoder:
+    """An `Encoder` by name (see `ENCODER_NAMES`). A MedCLIP or open_clip encoder without weights would be randomly
+    initialised: refused unless `random_weights` says that is intended (tests of the pipeline's plumbing)."""
+    if weights is None and not random_weights and (name.startswith("medclip-") or name.startswith("openclip:")) \
+            and name != "medclip-phantom" and not name.startswith("openclip:hf-hub:"):
+        raise EncoderError(f"encoder.weights: {name} has no weights file, so it would embed with random weights; give "
+                           "the official checkpoint (README, 'Running the paper's setting'), or set "
+                           "encoder.random_weights=true if random weights are intended (pipeline tests)")
     if name == "medclip-resnet50": enc = build_medclip("resnet50", weights, tokenizer)
     elif name in ("medclip-swin", "medclip-vit"): enc = build_medclip("swin", weights, tokenizer)
     elif name == "medclip-phantom":

@@ -115,7 +115,10 @@ def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "") -
     L = [f"# Results of run `{cfg.run.name}`", "",
          f"- **Data**: {data_desc}.",
          f"- **Encoder**: `{enc}`" + (" (MedCLIP architecture with a small ResNet, trained offline on PhantomCXR by the "
-                                     "encoder stage; not the official MedCLIP weights)" if enc == "medclip-phantom" else "") + ".",
+                                     "encoder stage; not the official MedCLIP weights)" if enc == "medclip-phantom" else "")
+         + (" with **RANDOM WEIGHTS** (`encoder.random_weights: true`): these numbers test the pipeline and say "
+            "nothing about the encoder" if cfg.encoder.random_weights and not (emb.get("encoder") or {}).get("weights")
+            else "") + ".",
          f"- **SAE**: {sae.get('sae', {}).get('arch', cfg.sae.arch)}, {sae.get('sae', {}).get('m', '?')} latents; "
          f"held-out FVE {sae.get('valid', {}).get('fve', float('nan')):.3f}, L0 {sae.get('valid', {}).get('l0', float('nan')):.1f}.",
          f"- **Labels**: {len(met.get('labels', []))} ({', '.join(met.get('labels', []))}); uncertain policy "

@@ -102,7 +102,8 @@ def run_encoder(cfg: Config):
     "The run's encoder, as the extract stage builds it (the name and score-names stages use its text tower)."
     from medsae.data import MedCLIPTransform
     from medsae.encoders import build_encoder
-    enc = build_encoder(cfg.encoder.name, encoder_weights(cfg), cfg.encoder.tokenizer, cfg.encoder.device)
+    enc = build_encoder(cfg.encoder.name, encoder_weights(cfg), cfg.encoder.tokenizer, cfg.encoder.device,
+                        cfg.encoder.random_weights)
     if cfg.data.preprocess == "published":                  # the published code's stretch to 224 x 224
         t = getattr(enc, "_transform", None)
         if not isinstance(t, MedCLIPTransform):

@@ -84,7 +84,7 @@ def test_skipped_images_and_a_store_of_another_encoder(tmp_path, phantom, weight
     assert sorted(sk["path"]) == sorted(bad[:2]) and store.meta["skipped"] == 2
     X, rows = store.split("test")
     assert len(X) == 18 and not set(bad[:2]) & set(rows["Path"])
-    other = build_encoder("openclip:RN50", device="cpu")
+    other = build_encoder("openclip:RN50", device="cpu", random_weights=True)
     with pytest.raises(StoreError, match="another encoder"): extract(other, work, tmp_path / "s", progress=False)
 
 

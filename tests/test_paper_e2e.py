@@ -123,3 +123,13 @@ def test_paper_config_end_to_end(paper_setup, tmp_path, config):
     for w in (f"`data.uncertain`): **{cfg.data.uncertain}**", f"`sae.normalise`): **{cfg.sae.normalise}**",
               f"`naming.protocol`): **{cfg.naming.protocol}**"):
         assert w in page, w
+
+
+def test_no_weights_no_run_unless_random_weights_are_asked_for(paper_setup, tmp_path):
+    "The paper's encoder without its weights file would embed with random weights: one line, exit 2, nothing made."
+    from conftest import run_cli
+    over = [a for o in small(paper_setup, tmp_path / "runs", "noweights", paper_setup["root"]) + ["encoder.weights=null"]
+            for a in ("--set", o)]
+    r = run_cli("extract", "--config", ROOT / "configs" / "paper-corrected.yaml", *over, check=False)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "encoder.random_weights" in r.stderr, r.stderr
+    assert not (tmp_path / "runs" / "noweights" / "extract").exists()
