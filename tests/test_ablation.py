@@ -12,11 +12,18 @@ from medsae.config import LABEL_SETS, load_config
 from medsae.layout import RunLayout
 
 
+EXTRA = ["metrics.labels=chexpert5"]           # five labels that vary on the tiny valid split: held-out selection runs
+
+
 def test_ablation_table_of_a_tiny_run(tmp_path):
-    extra = ["metrics.labels=chexpert5"]       # five labels that vary on the tiny valid split: held-out selection runs
-    args = [*tiny_args(tmp_path, *extra), "--figures", tmp_path / "figures"]
+    args = [*tiny_args(tmp_path, *EXTRA), "--figures", tmp_path / "figures"]
     for stage in ("phantom", "encoder", "extract", "sae", "evaluate"):
         run_cli(stage, *args)
+    check_ablation(tmp_path)
+
+
+def check_ablation(tmp_path):
+    "The checks of the evaluate stage's ablation table of the tiny run under `tmp_path`."
     run = RunLayout(tmp_path / "default")
     t = pd.read_csv(run.evaluate.ablation, keep_default_na=False).set_index("choice")
     assert list(t.index) == ["baseline", "-1 coding", "8 labels", "best unit chosen in-sample vs held-out",
@@ -44,7 +51,7 @@ def test_ablation_table_of_a_tiny_run(tmp_path):
     assert "3e-05 on raw inputs" in t.loc["SAE as published", "setting"]
     assert t.loc["same-split naming", "SAE - raw [lo, hi]"] == "n/a"
     # called directly on the same run, with the same config: the same table
-    cfg = load_config(None, [*TINY, f"run.out_root={tmp_path}", *extra])
+    cfg = load_config(None, [*TINY, f"run.out_root={tmp_path}", *EXTRA])
     again = ablation_run(run.activations, run.extract.store, tmp_path / "again", cfg, cfg.run.seed)
-    pd.testing.assert_frame_equal(again.set_index("choice")[["diff", "lo", "hi"]], t[["diff", "lo", "hi"]],
+    pd.testing.assert_frame_equal(again.set_index("choice")[["diff", "lo", "hi"]], t[["diff", "lo", "hi"]].apply(pd.to_numeric),
                                   check_dtype=False, atol=1e-9)
