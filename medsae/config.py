@@ -224,6 +224,9 @@ class MetricsConfig(_Section):
                                                                 "with at least this AUROC ...")
     recovery_margin: float = Field(0.1, ge=0, le=0.5, description="... whose AUROC on every other concept is lower "
                                                                  "by at least this margin (a dedicated latent).")
+    ablation: bool = Field(True, description="Also write the ablation table (evaluate/ablation.csv): the headline "
+                           "with one published choice switched at a time (-1 coding, 8 labels, in-sample best unit, "
+                           "the SAE trained the published way; trains one more SAE).")
 
     @field_validator("labels")
     @classmethod

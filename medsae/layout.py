@@ -100,7 +100,8 @@ class MetricsFolder(Folder):
                  best_units="best_units.csv", bootstrap="bootstrap.csv", null="null.csv",
                  entropy_hist="entropy_hist.png", heatmap="correlation_heatmap.png",
                  recovery="concept_recovery.csv", recovery_figure="concept_recovery.png",
-                 concept_auroc="concept_auroc_sae.npy", concepts="concepts.json")
+                 concept_auroc="concept_auroc_sae.npy", concepts="concepts.json",
+                 ablation="ablation.csv")
 
 class NamesFolder(Folder):
     "The name stage: every name of every namer, the named best units, example grids."

@@ -180,6 +180,13 @@ def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "") -
     # 5. ours
     L += ["## 5. Beyond the paper", "", "### SAE sweep: held-out FVE against L0 (Pareto front)", "",
           table(R.sae.sweep), "", f"![sweep]({f('sae', R.sae.sweep_pareto)})", ""]
+    if sibling(R.evaluate.ablation, ".md").exists():
+        L += ["### What each published choice does to the headline", "",
+              "Each row switches one choice of this run to the published code's (labels, label coding, best-unit "
+              "selection, SAE training) and recomputes SAE - raw mean best-unit entropy with its 95% paired-bootstrap "
+              f"interval (at most {min(cfg.metrics.bootstrap, 200)} resamples, same seed and images as the baseline; "
+              "no permutation null); `change vs baseline` is how far that choice alone moves the headline.", "",
+              table(R.evaluate.ablation), ""]
     if phantom and "ground_truth" in met:
         g = met["ground_truth"]
         cor = (ne.get("correctness") or {})

@@ -173,9 +173,14 @@ def _evaluate(p, run) -> dict:
     from medsae.evaluation import evaluation_stage_run
     cfg = p.cfg
     phantom = data_root(cfg) if cfg.data.dataset == "phantom" else None
-    return evaluation_stage_run(p.layout.activations, p.layout.extract.store, run.path, cfg.metrics,
-                                cfg.metric_labels, label_policy(cfg), cfg.run.seed, phantom,
-                                subset_order=cfg.data.subset_order)
+    summary = evaluation_stage_run(p.layout.activations, p.layout.extract.store, run.path, cfg.metrics,
+                                   cfg.metric_labels, label_policy(cfg), cfg.run.seed, phantom,
+                                   subset_order=cfg.data.subset_order)
+    if cfg.metrics.ablation:
+        from medsae.ablation import ablation_run
+        tab = ablation_run(p.layout.activations, p.layout.extract.store, run.path, cfg, cfg.run.seed)
+        summary["ablation"] = {r["choice"]: r["SAE - raw [lo, hi]"] for r in tab.to_dict("records")}
+    return summary
 
 def _vocabulary(root: Path) -> list[str]:
     "The concept vocabulary: the dataset's vocabulary.csv (PhantomCXR), else phrases mined from the IU-Xray reports."
@@ -271,7 +276,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("evaluate", "monosemanticity: SAE latents vs raw dimensions; concept recovery", ("activations", "phantom"),
           ("metrics", "data.labels", "data.uncertain", "data.blank", "data.subset_order"), _evaluate,
           lambda L: [L.evaluate.monosemanticity, L.evaluate.best_units, L.evaluate.recovery,
-                     L.evaluate.entropy_hist, L.evaluate.heatmap, L.evaluate.recovery_figure]),
+                     L.evaluate.entropy_hist, L.evaluate.heatmap, L.evaluate.recovery_figure,
+                     L.evaluate.ablation]),
     Stage("name", "names of the latents", ("evaluate", "activations", "encoder"),
           ("naming", "encoder", "data.labels", "data.uncertain", "data.blank"), _name,
           lambda L: [L.name_stage.names, L.name_stage.named]),

@@ -1,0 +1,57 @@
+"""The ablation table on a tiny default run: `medsae evaluate` writes it next to the evaluation (and publishes it), its
+baseline row is the evaluation's headline, its held-out row the evaluation's held-out numbers, and `ablation_run`
+called directly on the same run reproduces it."""
+import json
+
+import numpy as np
+import pandas as pd
+
+from conftest import TINY, run_cli, tiny_args
+from medsae.ablation import ablation_run
+from medsae.config import LABEL_SETS, load_config
+from medsae.layout import RunLayout
+
+
+EXTRA = ["metrics.labels=chexpert5"]           # five labels that vary on the tiny valid split: held-out selection runs
+
+
+def test_ablation_table_of_a_tiny_run(tmp_path):
+    args = [*tiny_args(tmp_path, *EXTRA), "--figures", tmp_path / "figures"]
+    for stage in ("phantom", "encoder", "extract", "sae", "evaluate"):
+        run_cli(stage, *args)
+    check_ablation(tmp_path)
+
+
+def check_ablation(tmp_path):
+    "The checks of the evaluate stage's ablation table of the tiny run under `tmp_path`."
+    run = RunLayout(tmp_path / "default")
+    t = pd.read_csv(run.evaluate.ablation, keep_default_na=False).set_index("choice")
+    assert list(t.index) == ["baseline", "-1 coding", "8 labels", "best unit chosen in-sample vs held-out",
+                             "SAE as published", "same-split naming"]
+    assert (tmp_path / "figures" / "evaluate_ablation.md").exists()
+    summ = json.loads(run.evaluate.summary.read_text())
+    c = summ["comparison"]
+    num = lambda row, col: float(t.loc[row, col])
+    # the baseline is the evaluation's headline (the run's 50 resamples are under the cap of 200: same interval)
+    assert np.isclose(num("baseline", "entropy raw"), c["raw"]["mean_best_entropy"], atol=5e-4)
+    assert np.isclose(num("baseline", "entropy SAE"), c["sae"]["mean_best_entropy"], atol=5e-4)
+    for mine, theirs in (("diff", "mean_best_entropy"), ("lo", "mean_best_entropy_lo"), ("hi", "mean_best_entropy_hi")):
+        assert np.isclose(num("baseline", mine), c["sae - raw"][theirs]), mine
+    assert int(t.loc["baseline", "labels used"]) == len(summ["labels"])
+    assert num("baseline", "change") == 0
+    # held out: the evaluation's point estimates
+    ho = "best unit chosen in-sample vs held-out"
+    assert np.isclose(num(ho, "entropy raw"), c["raw"]["heldout_mean_best_entropy"], atol=5e-4)
+    assert np.isclose(num(ho, "entropy SAE"), c["sae"]["heldout_mean_best_entropy"], atol=5e-4)
+    assert np.isclose(num(ho, "diff"), c["sae - raw"]["heldout_mean_best_entropy"])
+    for row in ("-1 coding", "8 labels", ho, "SAE as published"):
+        assert num(row, "lo") <= num(row, "diff") + 1e-9 <= num(row, "hi") + 2e-9 or not np.isfinite(num(row, "lo")), row
+        assert np.isclose(num(row, "change"), num(row, "diff") - num("baseline", "diff")), row
+    assert int(t.loc["8 labels", "labels used"]) <= len(LABEL_SETS["paper8"])
+    assert "3e-05 on raw inputs" in t.loc["SAE as published", "setting"]
+    assert t.loc["same-split naming", "SAE - raw [lo, hi]"] == "n/a"
+    # called directly on the same run, with the same config: the same table
+    cfg = load_config(None, [*TINY, f"run.out_root={tmp_path}", *EXTRA])
+    again = ablation_run(run.activations, run.extract.store, tmp_path / "again", cfg, cfg.run.seed)
+    pd.testing.assert_frame_equal(again.set_index("choice")[["diff", "lo", "hi"]], t[["diff", "lo", "hi"]].apply(pd.to_numeric),
+                                  check_dtype=False, atol=1e-9)
