@@ -64,7 +64,23 @@ def test_shipped_configs_are_valid():
     from medsae.config import load_config
     d, p = load_config(ROOT / "configs" / "default.yaml"), load_config(ROOT / "configs" / "paper.yaml")
     assert d.data.dataset == "phantom" and p.data.dataset == "chexpert" and "medgemma" in p.naming.namers and p.naming.judge == "medgemma"
-    assert p.sae.expansion * 512 == 8192 and p.data.uncertain == "u_zeros"
+    assert p.sae.expansion * 512 == 8192 and p.data.uncertain == "published"
+
+
+def test_the_two_paper_configs_differ_only_in_the_published_choices():
+    "paper.yaml (as published) and paper-corrected.yaml (ours) run the same data and models."
+    from medsae.config import config_to_dict, load_config
+    def flat(d, pre=""):
+        return {k2: v2 for k, v in d.items() for k2, v2 in (flat(v, f"{pre}{k}.").items() if isinstance(v, dict) else [(pre + k, v)])}
+    p, c = (flat(config_to_dict(load_config(ROOT / "configs" / f))) for f in ("paper.yaml", "paper-corrected.yaml"))
+    differ = {k for k in p if p[k] != c[k]}
+    published = {"data.uncertain", "data.frontal_only", "data.preprocess", "data.subset_order", "sae.normalise", "sae.l1",
+                 "sae.resample_epochs", "sae.resample_rule", "sae.sweep", "naming.protocol", "naming.split",
+                 "naming.load_in_4bit"}
+    assert differ - {"run.name"} <= published, differ - published
+    assert {"data.uncertain", "sae.normalise", "naming.protocol", "data.frontal_only"} <= differ
+    for k in ("data.root", "encoder.name", "encoder.weights", "sae.expansion", "sae.epochs", "metrics.split", "naming.model"):
+        assert p[k] == c[k], k
 
 
 def test_readme_leads_with_the_two_commands():
