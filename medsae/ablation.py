@@ -177,8 +177,8 @@ def ablation_run(act_dir: str | Path, store_path: str | Path, out: str | Path, c
                      note=f"same seed and step budget as the run's SAE; {codes.shape[1]} latents",
                      **headline({"raw": units["raw"], "sae": codes}, y, mask, labels, thr, n_boot, seed)))
     rows.append(dict(choice="same-split naming", setting="naming.protocol: published vs heldout",
-                     note="moves naming accuracy, not the entropy: compare runs with naming.protocol heldout and "
-                          "published (n/a here)"))
+                     note="moves naming accuracy, not the entropy: the score-names stage judges the SAE names on "
+                          "their own split too (same-split table)"))
     tab = ablation_table(rows)
     out = MetricsFolder(out); out.path.mkdir(parents=True, exist_ok=True)
     write_table(tab[list(ABLATION_COLUMNS)], out.ablation, index=False)

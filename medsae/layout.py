@@ -112,7 +112,7 @@ class NamesFolder(Folder):
 class ScoresFolder(Folder):
     "The score-names stage: per-unit judgements, their summary and figure, PhantomCXR correctness."
     files = dict(scores="scores.csv", summary="summary.csv", figure="naming_accuracy.png",
-                 correctness="correctness.csv")
+                 correctness="correctness.csv", same_split="same_split.csv")
 
 class ReportFolder(Folder):
     "The report stage: example panels, the decoder map and the results page."

@@ -241,8 +241,11 @@ def _pick_units(first: Sequence[int], pool: Sequence[int], n: int, seed: int) ->
 
 def naming_eval_stage_run(names_csv: str | Path, act_dir: str | Path, store_path: str | Path, root: str | Path,
                           out: str | Path, cfg, judge, metrics_dir: str | Path | None = None,
-                          cache_path: str | Path | None = None, seed: int = 0, progress: bool = True) -> dict:
-    "Judge the names of the evaluated units on the evaluation split; correctness on PhantomCXR. `cfg`: NamingConfig."
+                          cache_path: str | Path | None = None, seed: int = 0, progress: bool = True,
+                          same_split_judge=None) -> dict:
+    """Judge the names of the evaluated units on the evaluation split; correctness on PhantomCXR. `cfg`: NamingConfig.
+    With `same_split_judge` (a judge on the naming split), the SAE names are also judged on the images' own split:
+    the same-split row of the ablation (how much the published protocol's in-sample judging flatters the names)."""
     import json
     from medsae.activations import load_activations
     from medsae.data import save_figure, write_table
@@ -251,10 +254,13 @@ def naming_eval_stage_run(names_csv: str | Path, act_dir: str | Path, store_path
     out = ScoresFolder(out); out.path.mkdir(parents=True, exist_ok=True)
     names = pd.read_csv(names_csv, keep_default_na=False, dtype={"concept": str, "description": str})
     names["ok"] = names["ok"].astype(str).str.lower() == "true"
-    codes, index, _ = load_activations(ActivationsFolder(act_dir).split(cfg.eval_split))
-    raw, idx2 = EmbeddingStore(store_path).split(cfg.eval_split)
-    if not (idx2["Path"].to_numpy() == index["Path"].to_numpy()).all():
-        raise ValueError(f"activations of {cfg.eval_split} do not match the embedding store rows: rerun the activations stage")
+    def split_data(name):
+        codes, index, _ = load_activations(ActivationsFolder(act_dir).split(name))
+        raw, idx2 = EmbeddingStore(store_path).split(name)
+        if not (idx2["Path"].to_numpy() == index["Path"].to_numpy()).all():
+            raise ValueError(f"activations of {name} do not match the embedding store rows: rerun the activations stage")
+        return codes, raw, index
+    codes, raw, index = split_data(cfg.eval_split)
     md = MetricsFolder(metrics_dir) if metrics_dir else None
     first_sae, first_raw = [], []
     if md is not None and md.best_units.exists():
@@ -280,6 +286,17 @@ def naming_eval_stage_run(names_csv: str | Path, act_dir: str | Path, store_path
                    judge_prompt_hash=judge.prompt_hash, sae_units=len(sae_units), raw_units=len(raw_units),
                    seconds=round(time.time() - t0, 1),
                    mean_accuracy={f"{r.namer}/{r.unit_kind}": r.accuracy for r in summ.itertuples()})
+    if same_split_judge is not None and naming_split(cfg) != cfg.eval_split:
+        c2, r2, i2 = split_data(naming_split(cfg))
+        same = summarise_scores(score_names(sel[sel.unit_kind == "sae"], c2, r2, i2, root, same_split_judge,
+                                            cfg.eval_positive, cfg.eval_negative, seed, cache, progress, cfg.protocol))
+        held = summ.set_index(["namer", "unit_kind"])["accuracy"]
+        tab = same[same.unit_kind.isin(["sae", "random"])][["namer", "unit_kind", "units", "accuracy"]].rename(
+            columns={"accuracy": f"accuracy, same split ({naming_split(cfg)})"})
+        tab.insert(3, f"accuracy, held out ({cfg.eval_split})", [held.get((n, k), np.nan) for n, k in zip(tab.namer, tab.unit_kind)])
+        tab["inflation"] = tab.iloc[:, 4] - tab.iloc[:, 3]
+        write_table(tab.round(4), out.same_split, index=False)
+        summary["same_split_accuracy"] = {f"{r.namer}/{r.unit_kind}": float(r.inflation) for r in tab.itertuples()}
     if md is not None and md.concept_auroc.exists():
         auc = np.load(md.concept_auroc)
         cj = json.loads(md.concepts.read_text())

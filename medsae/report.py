@@ -187,6 +187,10 @@ def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "") -
               f"interval (at most {min(cfg.metrics.bootstrap, 200)} resamples, same seed and images as the baseline; "
               "no permutation null); `change vs baseline` is how far that choice alone moves the headline.", "",
               table(R.evaluate.ablation), ""]
+    if sibling(R.score_names.same_split, ".md").exists():
+        L += ["Same-split naming (the published protocol judges a name on the split whose images made it): the SAE "
+              "names of this run judged on their naming split against the held-out split, same judge and units; "
+              "`inflation` is how much judging in-sample flatters the names.", "", table(R.score_names.same_split), ""]
     if phantom and "ground_truth" in met:
         g = met["ground_truth"]
         cor = (ne.get("correctness") or {})

@@ -212,22 +212,25 @@ def _name(p, run) -> dict:
                             vocabulary=_vocabulary(root), meta_table=_meta_table(cfg), cache_path=L.cache.names,
                             best_units=pd.read_csv(L.evaluate.best_units), seed=cfg.run.seed)
 
-def _judge(cfg: Config):
-    "The judge of the naming evaluation: the offline text judge or a vision-language model."
+def _judge(cfg: Config, split: str | None = None):
+    "The judge of the naming evaluation (on `split`, default `naming.eval_split`): the offline text judge or a VLM."
     from medsae.extract import EmbeddingStore
     from medsae.naming import build_vlm
     from medsae.naming_eval import TextJudge, vlm_judge
     if cfg.naming.judge == "text":
         enc = run_encoder(cfg)
-        emb, _ = EmbeddingStore(RunLayout(cfg.run_dir).extract.store).split(cfg.naming.eval_split)
+        emb, _ = EmbeddingStore(RunLayout(cfg.run_dir).extract.store).split(split or cfg.naming.eval_split)
         return TextJudge(lambda t: enc.encode_texts(t).cpu().numpy(), emb)
     return vlm_judge(build_vlm(cfg.naming, cfg.naming.judge), cfg.naming.protocol, cfg.naming.images_per_prompt)
 
 def _score_names(p, run) -> dict:
+    from medsae.naming import naming_split
     from medsae.naming_eval import naming_eval_stage_run
     cfg, L = p.cfg, p.layout
+    judge, ns = _judge(cfg), naming_split(cfg.naming)
+    same = None if ns == cfg.naming.eval_split else (_judge(cfg, ns) if cfg.naming.judge == "text" else judge)
     return naming_eval_stage_run(L.name_stage.names, L.activations, L.extract.store, data_root(cfg), run.path,
-                                 cfg.naming, _judge(cfg), L.evaluate, L.cache.judgements, cfg.run.seed)
+                                 cfg.naming, judge, L.evaluate, L.cache.judgements, cfg.run.seed, same_split_judge=same)
 
 def _report(p, run) -> dict:
     from medsae.report import report_stage_run
@@ -283,7 +286,7 @@ STAGES: tuple[Stage, ...] = (
           lambda L: [L.name_stage.names, L.name_stage.named]),
     Stage("score-names", "the detection test of the names", ("name", "evaluate"), ("naming", "encoder"),
           _score_names, lambda L: [L.score_names.summary, L.score_names.correctness, L.score_names.scores,
-                                   L.score_names.figure]),
+                                   L.score_names.figure, L.score_names.same_split]),
     Stage("report", "example panels, the decoder map and the results page", ("sae", "evaluate", "name", "score-names"),
           ("run",), _report, lambda L: [L.report.umap_figure, *L.report.panels(), (L.report.results, "RESULTS.md")]),
 )

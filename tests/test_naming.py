@@ -322,7 +322,8 @@ def test_protocol_end_to_end_with_tiny_gemma3_and_stage_records(images, tmp_path
     assert (first_text < prompt.index("<start_of_image>")) == (protocol == "published")
     judge = _judge(Config(naming=cfg))                                 # the score-names stage's judge
     srec = naming_eval_stage_run(tmp_path / "names" / "names.csv", acts.path, tmp_path / "store", root, tmp_path / "scores",
-                                 cfg, judge, cache_path=tmp_path / "judged.jsonl", progress=False)
+                                 cfg, judge, cache_path=tmp_path / "judged.jsonl", progress=False,
+                                 same_split_judge=judge)
     assert srec["protocol"] == protocol and srec["names_split"] == split and srec["eval_split"] == "valid"
     assert srec["judge_prompt_hash"] == vlm_judge(None, protocol).prompt_hash
     sc = pd.read_csv(tmp_path / "scores" / "scores.csv")
@@ -332,4 +333,15 @@ def test_protocol_end_to_end_with_tiny_gemma3_and_stage_records(images, tmp_path
     else:                                                            # ours: named on train, judged on 12 + 5
         assert rare.n_images.tolist() == [17] and rare.positives.tolist() == [12]
     judged = [json.loads(l) for l in (tmp_path / "judged.jsonl").read_text().splitlines()]
-    assert judged and all(set(r["image_ids"]) <= set(valid.Path) for r in judged)
+    on_valid = [r for r in judged if set(r["image_ids"]) <= set(valid.Path)]
+    on_train = [r for r in judged if set(r["image_ids"]) <= set(train.Path)]
+    assert on_valid and len(on_valid) + len(on_train) == len(judged)
+    same = tmp_path / "scores" / "same_split.csv"                     # the same-split row: heldout runs only
+    assert same.exists() == (protocol == "heldout") and bool(on_train) == (protocol == "heldout")
+    if protocol == "heldout":
+        t = pd.read_csv(same)
+        assert set(t.unit_kind) == {"sae", "random"} and all(r["unit_kind"] in ("judge:sae", "judge:random") for r in on_train)
+        held = sc[sc.unit_kind == "sae"].groupby("namer").accuracy.mean()
+        h, o = "accuracy, held out (valid)", "accuracy, same split (train)"
+        for _, r in t[t.unit_kind == "sae"].iterrows():
+            assert np.isclose(r[h], held[r.namer], atol=1e-4) and np.isclose(r.inflation, r[o] - r[h], atol=1e-4)
