@@ -303,17 +303,16 @@ def check_vlm(cfg: Config) -> list[Check]:
 
 def check_4bit(cfg: Config) -> list[Check]:
     "`naming.load_in_4bit`: CUDA, bitsandbytes and accelerate, asked as `TransformersVLM` asks."
-    from types import SimpleNamespace
     from medsae.encoders import resolve_device
-    from medsae.vlm import TransformersVLM
+    from medsae.vlm import four_bit_problem
     field = "naming.load_in_4bit"
     if not _uses_medgemma(cfg) or not cfg.naming.load_in_4bit:
         return [Check(field, "SKIP", "no in-process VLM" if not _uses_medgemma(cfg) else
                       "false: full-precision weights (bf16 on CUDA, float32 on the CPU)")]
     dev = str(resolve_device(cfg.naming.device))
-    try: TransformersVLM._four_bit(SimpleNamespace(device=dev), dev.startswith("cuda"))
-    except RuntimeError as e: return [Check(field, "FAIL", str(e), "install what is named on a CUDA machine, or "
-                                            "--set naming.load_in_4bit=false")]
+    why = four_bit_problem(dev)                                       # the question TransformersVLM asks
+    if why: return [Check(field, "FAIL", f"load_in_4bit=True {why}", "install what is named on a CUDA machine, or "
+                          "--set naming.load_in_4bit=false")]
     return [Check(field, "PASS", f"CUDA ({dev}), bitsandbytes and accelerate importable")]
 
 # %% ../nbs/88_doctor.ipynb #6e5788f7

@@ -43,7 +43,7 @@ def setup(tmp_path_factory, chexpert_train):
         Image.fromarray(rng.integers(0, 255, (40, 32), dtype=np.uint8)).save(root / rel, quality=90)
     missing = frontal_only(valid)["Path"].iloc[0]
     (root / missing).unlink()
-    cfg = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())
+    cfg = yaml.safe_load((ROOT / "configs" / "paper-corrected.yaml").read_text())
     cfg["run"]["out_root"] = str(tmp / "runs")
     cfg["data"]["root"] = str(root)
     cfg["encoder"]["weights"] = str(tmp / "weights" / "medclip-pretrained.zip")
@@ -72,7 +72,7 @@ def test_half_prepared_setup_fails_every_missing_piece_in_one_run(setup):
     m = lines["naming.model"]
     assert status(lines, "naming.model") == "FAIL" and "medgemma-4b-it" in m and "huggingface-cli download" in m
     if not torch.cuda.is_available():
-        assert status(lines, "gpu") == "FAIL" and "encoder.device=cuda: CUDA asked" in lines["gpu"]
+        assert status(lines, "gpu") == "FAIL" and "encoder.device=cuda" in lines["gpu"] and "CUDA asked" in lines["gpu"]
     for name in ("estimate extract", "estimate sae", "estimate name"):
         assert status(lines, name) == "INFO" and "estimate" in lines[name]
     rows = n["train"] + n["valid"]
@@ -188,7 +188,7 @@ def test_gpu_memory_and_estimates_on_a_cuda_machine(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=0: (free["now"], 139 * gib))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA H200")
     rows = Rows(pd.DataFrame({"split": ["train"] * 9000 + ["valid"] * 1000}))
-    cfg = load_config(ROOT / "configs" / "paper.yaml", ["naming.model=/nonexistent/medgemma-4b-it"])
+    cfg = load_config(ROOT / "configs" / "paper-corrected.yaml", ["naming.model=/nonexistent/medgemma-4b-it"])
     c = check_gpu(cfg, rows)[0]
     assert c.status == "PASS" and "NVIDIA H200" in c.found and "100.0 GiB free of 139.0 GiB" in c.found
     assert f"about {MEDGEMMA_BYTES / gib:.1f} GiB" in c.found and "medgemma-4b-it weights (bf16" in c.found
@@ -196,9 +196,9 @@ def test_gpu_memory_and_estimates_on_a_cuda_machine(monkeypatch):
     assert check_gpu(cfg, rows)[0].status == "WARN"
     free["now"] = int(MEDGEMMA_BYTES * 0.8)
     assert check_gpu(cfg, rows)[0].status == "FAIL"
-    four = load_config(ROOT / "configs" / "paper.yaml", ["naming.model=/nonexistent/medgemma-4b-it", "naming.load_in_4bit=true"])
+    four = load_config(ROOT / "configs" / "paper-corrected.yaml", ["naming.model=/nonexistent/medgemma-4b-it", "naming.load_in_4bit=true"])
     assert check_gpu(four, rows)[0].status == "PASS"                 # 4-bit weights take about a third
-    other = load_config(ROOT / "configs" / "paper.yaml", ["encoder.device=cuda:3"])
+    other = load_config(ROOT / "configs" / "paper-corrected.yaml", ["encoder.device=cuda:3"])
     c = check_gpu(other, rows)[0]
     assert c.status == "FAIL" and "cuda:3" in c.found and "1 GPU" in c.found
     est = {c.name: c.found for c in estimate_times(cfg, rows)}
