@@ -471,8 +471,8 @@ def build_encoder(name: str, weights: str | Path | None = None, tokenizer: str |
                   device: str = "auto", random_weights: bool = False) -> Encoder:
     """An `Encoder` by name (see `ENCODER_NAMES`). A MedCLIP or open_clip encoder without weights would be randomly
     initialised: refused unless `random_weights` says that is intended (tests of the pipeline's plumbing)."""
-    if weights is None and not random_weights and (name.startswith("medclip-") or name.startswith("openclip:")) \
-            and name != "medclip-phantom" and not name.startswith("openclip:hf-hub:"):
+    if weights is None and not random_weights and (name in ("medclip-resnet50", "medclip-swin", "medclip-vit") or
+                                                   name.startswith("openclip:") and not name.startswith("openclip:hf-hub:")):
         raise EncoderError(f"encoder.weights: {name} has no weights file, so it would embed with random weights; give "
                            "the official checkpoint (README, 'Running the paper's setting'), or set "
                            "encoder.random_weights=true if random weights are intended (pipeline tests)")
