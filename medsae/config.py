@@ -156,6 +156,11 @@ class EncoderTrainingConfig(_Section):
     batch_size: int = Field(128, ge=2, description="Image-report pairs per step.")
     lr: float = Field(2e-3, gt=0, description="AdamW learning rate (cosine decay after a 5% warm-up).")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    report_tags: bool = Field(True, description="Soft targets of the semantic-matching loss from the labels and the "
+                              "technical factors each report states (a text labeler, as MedCLIP labels its reports); "
+                              "false: the labels only.")
+    clip_weight: float = Field(0.0, ge=0, description="Weight of CLIP's identity-target loss added to MedCLIP's "
+                               "semantic-matching loss (0: MedCLIP's loss alone).")
     threads: int = Field(2, ge=1, description="torch CPU threads.")
 
 class SAEConfig(_Section):

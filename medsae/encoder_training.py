@@ -27,7 +27,7 @@ from .provenance import atomic_path, atomic_write_json, environment_info, sha256
 
 # %% auto #0
 __all__ = ['soft_xent', 'semantic_matching_loss', 'train_medclip', 'load_pairs', 'normalise_uint8', 'zero_shot_scores',
-           'zero_shot_auroc', 'probe_auroc', 'train_phantom_encoder']
+           'zero_shot_auroc', 'probe_auroc', 'technical_truth', 'train_phantom_encoder']
 
 # %% ../nbs/21_encoder_training.ipynb #9132ce9b
 def soft_xent(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -70,7 +70,11 @@ def train_medclip(model: MedCLIPModel, images: torch.Tensor, labels: torch.Tenso
             x = image_transform(x) if image_transform else x.float()
             img = model.encode_image(x)
             txt = model.encode_text(*text_input(idx))
-            loss = semantic_matching_loss(model.compute_logits(img, txt), labels[idx], labels[idx])
+            logits = model.compute_logits(img, txt)
+            loss = semantic_matching_loss(logits, labels[idx], labels[idx])
+            if cfg.clip_weight:                          # CLIP's loss: each image's own report is its target
+                eye = torch.eye(len(idx))
+                loss = loss + cfg.clip_weight * (soft_xent(logits, eye) + soft_xent(logits.t(), eye)) / 2
             if not torch.isfinite(loss): raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {b}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -141,6 +145,14 @@ def probe_auroc(train_emb: np.ndarray, train_truth: pd.DataFrame, test_emb: np.n
     return pd.Series(out, name="probe_auroc")
 
 # %% ../nbs/21_encoder_training.ipynb #5a506ed2
+def technical_truth(gt: pd.DataFrame, paths) -> pd.DataFrame | None:
+    "0/1 technical factors (`reports.TECHNICAL`) of the rows `paths` of a PhantomCXR ground-truth table (Path index)."
+    from medsae.reports import TECHNICAL, technical_factors
+    cols = [f"nuisance.{k}" for k in ("view", "rotation_deg", "inspiration", "exposure", "marker")]
+    if not set(cols) <= set(gt.columns): return None
+    rows = gt.loc[list(paths), cols].rename(columns=lambda c: c[len("nuisance."):]).to_dict("records")
+    return pd.DataFrame([[float(f in technical_factors(r)) for f in TECHNICAL] for r in rows], columns=list(TECHNICAL))
+
 def train_phantom_encoder(root: str | Path, out_dir: str | Path, cfg: EncoderTrainingConfig = EncoderTrainingConfig(),
                           seed: int = 0, policy: LabelPolicy = LabelPolicy(), progress: bool = True):
     "Train the default encoder on a PhantomCXR set; writes encoder.safetensors/.json and zero_shot_auroc.{csv,md}; returns (meta, model)."
@@ -151,6 +163,9 @@ def train_phantom_encoder(root: str | Path, out_dir: str | Path, cfg: EncoderTra
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
     imgs, y, texts, _ = load_pairs(root, "train", cfg.image_size, policy, progress)
+    if cfg.report_tags:                             # what each report states about the film's technique, as targets too
+        from medsae.reports import technical_tags
+        y = torch.cat([y, torch.from_numpy(technical_tags(texts))], 1)
     t_load = time.time() - t0
     torch.manual_seed(seed)                         # the initial weights come from the run's seed too
     model = build_phantom_model(cfg)
@@ -166,13 +181,19 @@ def train_phantom_encoder(root: str | Path, out_dir: str | Path, cfg: EncoderTra
         with torch.no_grad():
             e = torch.cat([model.encode_image(normalise_uint8(ims[i:i + 256])) for i in range(0, len(ims), 256)])
         gt = gt_all.loc[tab["Path"]]
-        return e, pd.DataFrame({c: gt[f"planted.{c}"].to_numpy() for c in FINDING_PROMPTS})
-    test_emb, truth = embed_split("test")
-    valid_emb, valid_truth = embed_split("valid")
+        return e, pd.DataFrame({c: gt[f"planted.{c}"].to_numpy() for c in FINDING_PROMPTS}), list(tab["Path"])
+    test_emb, truth, test_paths = embed_split("test")
+    valid_emb, valid_truth, valid_paths = embed_split("valid")
     with torch.no_grad():
         scores = zero_shot_scores(test_emb, lambda t: F.normalize(tower(report_embeddings(t, tower, cache)), dim=-1))
     auroc = zero_shot_auroc(scores, truth)
     auroc["probe_auroc"] = probe_auroc(valid_emb.numpy(), valid_truth, test_emb.numpy(), truth)
+    tv, tt = technical_truth(gt_all, valid_paths), technical_truth(gt_all, test_paths)
+    if tv is not None:                              # the technical factors the reports state: probe only
+        tech = pd.DataFrame({"positives": tt.sum().astype(int), "n": len(tt), "zero_shot_auroc": np.nan,
+                             "probe_auroc": probe_auroc(valid_emb.numpy(), tv, test_emb.numpy(), tt)})
+        auroc = pd.concat([auroc, tech])
+        auroc.index.name = "finding"
     write_table(auroc.round(4), out.auroc)
     manifest = root.manifest
     meta = dict(name="medclip-phantom", vision="MedCLIPVisionResNet(small)", text_backbone=PHANTOM_TEXT_BACKBONE,

@@ -5,7 +5,8 @@
 # %% ../nbs/52_evaluation.ipynb #74b2c5d5
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -16,10 +17,11 @@ import scipy.sparse as sp
 from .metrics import MetricError, _check_xy, correlations, detection, entropy, monosemanticity, monosemanticity_score
 
 # %% auto #0
-__all__ = ['STATISTICS', 'CONTINUOUS_NUISANCE', 'CATEGORICAL_NUISANCE', 'paired_bootstrap', 'permutation_null', 'compare_units',
-           'Concepts', 'phantom_concepts', 'auroc_matrix', 'concept_recovery', 'hungarian_matching', 'polysemanticity',
-           'ground_truth_table', 'plot_entropy_hist', 'plot_correlation_heatmap', 'plot_concept_recovery', 'fmt_ci',
-           'paper_table', 'evaluation_stage_run']
+__all__ = ['STATISTICS', 'CONTINUOUS_NUISANCE', 'CATEGORICAL_NUISANCE', 'TECHNICAL_PHRASES', 'NO_FINDING_PATTERN',
+           'paired_bootstrap', 'permutation_null', 'compare_units', 'Concepts', 'phantom_concepts', 'probe_ceiling',
+           'auroc_matrix', 'concept_recovery', 'hungarian_matching', 'polysemanticity', 'ground_truth_table',
+           'plot_entropy_hist', 'plot_correlation_heatmap', 'plot_concept_recovery', 'fmt_ci', 'paper_table',
+           'evaluation_stage_run']
 
 # %% ../nbs/52_evaluation.ipynb #7add4468
 def _weighted_r(a, a2, y: np.ndarray, msk: np.ndarray, W: np.ndarray) -> np.ndarray:
@@ -193,60 +195,95 @@ def compare_units(units: dict, y: np.ndarray, labels: Sequence[str], mask: np.nd
 
 # %% ../nbs/52_evaluation.ipynb #c2f17855
 CONTINUOUS_NUISANCE = {
-    "rotation_deg": ("patient rotation", ["rotated patient", "patient rotation", "rotation"]),
-    "inspiration": ("deep inspiration", ["deep inspiration", "hyperinflated lungs", "well inflated lungs"]),
-    "habitus": ("broad body habitus", ["broad chest", "large body habitus", "wide thorax"]),
-    "soft_tissue_mm": ("thick soft tissue", ["thick soft tissue", "obese patient", "large soft tissue shadow"]),
-    "exposure": ("exposure shift", ["overexposed film", "dark film", "exposure"]),
-    "contrast": ("high contrast", ["high contrast film", "contrast"]),
-    "noise": ("image noise", ["noisy image", "grainy image", "quantum noise"]),
-    "collimation": ("wide collimation border", ["collimation", "collimated borders", "black border"]),
-    "zoom": ("magnified field of view", ["magnified view", "zoomed in", "cropped field of view"]),
-    "crop_dx": ("horizontal field shift", ["off-centre field", "horizontal shift"]),
-    "crop_dy": ("vertical field shift", ["off-centre field", "vertical shift"]),
+    "habitus": ("broad body habitus", ["broad chest", "large body habitus", "wide thorax"], r"habitus|broad|wide thora"),
+    "soft_tissue_mm": ("thick soft tissue", ["thick soft tissue", "obese patient", "large soft tissue shadow"],
+                       r"soft tissue|obes"),
+    "contrast": ("high contrast", ["high contrast film", "contrast"], r"contrast"),
+    "noise": ("image noise", ["noisy image", "grainy image", "quantum noise"], r"nois|grain"),
+    "collimation": ("wide collimation border", ["collimation", "collimated borders", "black border"], r"collimat|border"),
+    "zoom": ("magnified field of view", ["magnified view", "zoomed in", "cropped field of view"], r"magnif|zoom|cropped"),
+    "crop_dx": ("horizontal field shift", ["off-centre field", "horizontal shift"], r"off-cent|horizontal shift"),
+    "crop_dy": ("vertical field shift", ["off-centre field", "vertical shift"], r"off-cent|vertical shift"),
 }
-"Continuous nuisance factors: concept name and phrases a correct name could use."
+"Continuous nuisance factors no report mentions: concept name, phrases and a pattern a correct name could use."
 
 CATEGORICAL_NUISANCE = {
-    "view AP": (lambda g: g["nuisance.view"] == "AP", ["AP view", "anteroposterior projection", "portable AP film"]),
-    "marker L": (lambda g: g["nuisance.marker"] == "L", ["left laterality marker", "letter L marker", "L marker"]),
-    "marker R": (lambda g: g["nuisance.marker"] == "R", ["right laterality marker", "letter R marker", "R marker"]),
     "text annotation": (lambda g: g["nuisance.annotation"].fillna("none") != "none",
-                        ["text annotation", "burned-in text", "portable label", "supine label"]),
+                        ["text annotation", "burned-in text", "portable label", "supine label"], r"annotation|label|text"),
 }
+
+TECHNICAL_PHRASES = {
+    "view AP": ["AP view", "anteroposterior projection", "portable AP film", "AP portable view"],
+    "patient rotation": ["rotated patient", "patient rotation", "rotation"],
+    "low lung volumes": ["low lung volumes", "hypoinflated lungs", "shallow inspiration"],
+    "underpenetrated film": ["underpenetrated film", "underexposed film", "bright film"],
+    "overexposed film": ["overexposed film", "overpenetrated film", "dark film"],
+    "marker L": ["left side marker", "left laterality marker", "letter L marker"],
+    "marker R": ["right side marker", "right laterality marker", "letter R marker"],
+}
+"Phrases a correct name of each technical factor could use (its report pattern is `reports.TECHNICAL`)."
+
+NO_FINDING_PATTERN = r"no finding|no acute|normal chest|clear lungs|lungs are clear|unremarkable|no active|negative"
 
 @dataclass
 class Concepts:
     "Binary ground-truth concepts of a set of images."
     y: np.ndarray                    # (N, C) in {0, 1}
     names: list[str]
-    kinds: list[str]                 # finding / nuisance
+    kinds: list[str]                 # finding / technical / nuisance
     phrases: dict[str, list[str]]    # phrases a correct name of the concept could use
     dropped: list[str]               # concepts with too few positives or negatives
+    patterns: dict[str, str] = field(default_factory=dict)   # regex of the concept's terms and synonyms
 
 def phantom_concepts(gt: pd.DataFrame, min_pos: int = 10) -> Concepts:
-    "Planted findings and nuisance factors of PhantomCXR rows (ground_truth.csv) as binary concepts."
+    """Planted findings, technical factors (the rules of `reports.TECHNICAL`, which the reports state) and other
+    nuisance factors of PhantomCXR rows (ground_truth.csv) as binary concepts."""
     from medsae.encoders import FINDING_PROMPTS
-    cols, names, kinds, phrases = [], [], [], {}
+    from medsae.reports import KEYWORDS, TECHNICAL
+    cols, names, kinds, phrases, patterns = [], [], [], {}, {}
     miss = [c for c in ("nuisance.view", "nuisance.marker") if c not in gt.columns]
     if miss: raise MetricError(f"ground-truth table lacks {miss}: is it a PhantomCXR ground_truth.csv?")
+    def add(n, v, kind, ph, pat):
+        cols.append(np.asarray(v, dtype=float)); names.append(n); kinds.append(kind); phrases[n] = ph; patterns[n] = pat
     for c in [c for c in gt.columns if c.startswith("planted.")]:
         f = c[len("planted."):]
-        cols.append(gt[c].to_numpy(dtype=float)); names.append(f); kinds.append("finding")
-        phrases[f] = [f.lower()] + FINDING_PROMPTS.get(f, ["no acute findings", "normal chest", "clear lungs"] if f == "No Finding" else [])
-    for n, (rule, ph) in CATEGORICAL_NUISANCE.items():
-        cols.append(rule(gt).to_numpy(dtype=float)); names.append(n); kinds.append("nuisance"); phrases[n] = ph
-    for f, (n, ph) in CONTINUOUS_NUISANCE.items():
-        col = f"nuisance.{f}"
-        if col not in gt.columns: continue
-        v = gt[col].to_numpy(dtype=float)
-        if f == "rotation_deg": v = np.abs(v)
-        cols.append((v > np.quantile(v, 0.75)).astype(float)); names.append(n); kinds.append("nuisance"); phrases[n] = ph
+        add(f, gt[c], "finding", [f.lower()] + FINDING_PROMPTS.get(f, ["no acute findings", "normal chest", "clear lungs"]
+                                                                     if f == "No Finding" else []),
+            KEYWORDS.get(f, NO_FINDING_PATTERN if f == "No Finding" else re.escape(f.lower())))
+    nu = gt[[c for c in gt.columns if c.startswith("nuisance.")]].rename(columns=lambda c: c[len("nuisance."):])
+    rows = nu.to_dict("records")
+    for f, (rule, pat, _) in TECHNICAL.items():
+        if not all(k in nu.columns for k in ("view", "rotation_deg", "inspiration", "exposure", "marker")): break
+        add(f, [rule(r) for r in rows], "technical", TECHNICAL_PHRASES[f], pat)
+    for n, (rule, ph, pat) in CATEGORICAL_NUISANCE.items():
+        add(n, rule(gt), "nuisance", ph, pat)
+    for f, (n, ph, pat) in CONTINUOUS_NUISANCE.items():
+        if f not in nu.columns: continue
+        v = nu[f].to_numpy(dtype=float)
+        add(n, v > np.quantile(v, 0.75), "nuisance", ph, pat)
     y = np.column_stack(cols)
     pos = y.sum(0)
     keep = (pos >= min_pos) & (len(y) - pos >= min_pos)
-    return Concepts(y[:, keep], [n for n, k in zip(names, keep) if k], [t for t, k in zip(kinds, keep) if k],
-                    {n: phrases[n] for n, k in zip(names, keep) if k}, [n for n, k in zip(names, keep) if not k])
+    kept = [n for n, k in zip(names, keep) if k]
+    return Concepts(y[:, keep], kept, [t for t, k in zip(kinds, keep) if k], {n: phrases[n] for n in kept},
+                    [n for n, k in zip(names, keep) if not k], {n: patterns[n] for n in kept})
+
+def probe_ceiling(train_x, train_y: np.ndarray, test_x, test_y: np.ndarray, C: float = 1.0) -> np.ndarray:
+    """Test AUROC per concept of a logistic-regression probe on all units, trained on other images: what the
+    embedding encodes linearly, the ceiling that a single unit can approach (NaN where a split lacks a class)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.preprocessing import StandardScaler
+    dense = lambda a: a.toarray() if sp.issparse(a) else np.asarray(a, dtype=np.float64)
+    sc = StandardScaler().fit(dense(train_x))
+    xtr, xte = sc.transform(dense(train_x)), sc.transform(dense(test_x))
+    out = np.full(train_y.shape[1], np.nan)
+    for c in range(train_y.shape[1]):
+        a, b = train_y[:, c], test_y[:, c]
+        if 0 < a.sum() < len(a) and 0 < b.sum() < len(b):
+            clf = LogisticRegression(C=C, max_iter=2000).fit(xtr, a.astype(int))
+            out[c] = roc_auc_score(b, clf.decision_function(xte))
+    return out
 
 # %% ../nbs/52_evaluation.ipynb #faf74561
 def auroc_matrix(acts, y: np.ndarray) -> np.ndarray:
@@ -310,8 +347,10 @@ def polysemanticity(auc: np.ndarray, min_auroc: float = 0.75) -> dict:
                 share_multi=float((resp >= 2).mean()) if len(resp) else 0.0, max_concepts=int(k.max()) if len(k) else 0)
 
 # %% ../nbs/52_evaluation.ipynb #45dbf3c1
-def ground_truth_table(sae_acts, raw_acts, concepts: Concepts, min_auroc: float = 0.9, margin: float = 0.1) -> tuple[pd.DataFrame, dict]:
-    "The recovered-concept table (SAE latents vs raw dimensions) and the summary rates."
+def ground_truth_table(sae_acts, raw_acts, concepts: Concepts, min_auroc: float = 0.9, margin: float = 0.1,
+                       probe: np.ndarray | None = None) -> tuple[pd.DataFrame, dict]:
+    """The recovered-concept table (SAE latents vs raw dimensions) and the summary rates; with `probe` (the probe
+    ceiling per concept), also the rates among the **encodable** concepts (probe AUROC >= `min_auroc`)."""
     from sklearn.metrics import average_precision_score
     auc_s, auc_r = auroc_matrix(sae_acts, concepts.y), auroc_matrix(raw_acts, concepts.y)
     rs = concept_recovery(auc_s, concepts.names, min_auroc, margin)
@@ -336,6 +375,15 @@ def ground_truth_table(sae_acts, raw_acts, concepts: Concepts, min_auroc: float 
                    hungarian_recovered=int((hm.matched_auroc >= min_auroc).sum()),
                    sae_polysemanticity=polysemanticity(auc_s), raw_polysemanticity=polysemanticity(auc_r),
                    dropped_concepts=concepts.dropped)
+    if probe is not None:
+        t.insert(3, "probe_auroc", np.asarray(probe, dtype=float))
+        t.insert(4, "encodable", t.probe_auroc >= min_auroc)
+        enc = t[t.encodable]
+        summary.update(encodable=int(len(enc)), encodable_concepts=list(enc.concept),
+                       sae_recovered_encodable=int(enc.sae_recovered.sum()), raw_recovered_encodable=int(enc.raw_recovered.sum()),
+                       sae_recovery_of_encodable=float(enc.sae_recovered.mean()) if len(enc) else None,
+                       raw_recovery_of_encodable=float(enc.raw_recovered.mean()) if len(enc) else None,
+                       probe_rule=f"logistic-regression probe on every unit, AUROC >= {min_auroc} on the metric split")
     return t, dict(summary, auc_sae=auc_s, auc_raw=auc_r)
 
 # %% ../nbs/52_evaluation.ipynb #29b2cd81
@@ -377,6 +425,9 @@ def plot_concept_recovery(t: pd.DataFrame, min_auroc: float = 0.9, title: str = 
     ax.barh(yy - 0.2, t.raw_auroc - 0.5, left=0.5, height=0.4, color="tab:grey", label="best raw dimension")
     ax.scatter(np.where(t.sae_recovered, t.sae_auroc, np.nan), yy + 0.2, marker="*", color="k", zorder=3,
                label="recovered (dedicated latent)")
+    if "probe_auroc" in t:
+        ax.scatter(t.probe_auroc.clip(0.5, 1.0), yy, marker="|", s=120, color="tab:red", zorder=4,
+                   label="probe ceiling (all units)")
     ax.axvline(min_auroc, color="k", ls=":", lw=1)
     ax.set_yticks(yy, [f"{c} ({k[0]})" for c, k in zip(t.concept, t.kind)], fontsize=7)
     ax.set_xlim(0.5, 1.0); ax.set_xlabel("AUROC"); ax.set_title(title, fontsize=10); ax.legend(fontsize=7, loc="lower right")
@@ -492,11 +543,17 @@ def evaluation_stage_run(act_dir: str | Path, store_path: str | Path, out: str |
         missing = set(idx["Path"]) - set(gt.index)
         if missing: raise MetricError(f"{len(missing)} images of the {cfg.split} split are not in {gt_file}, e.g. {sorted(missing)[:2]}")
         concepts = phantom_concepts(gt.loc[idx["Path"]].reset_index())
-        gtt, gs = ground_truth_table(A, X, concepts, cfg.recovery_auroc, cfg.recovery_margin)
+        probe = None
+        if sel is not None:                                 # the probe ceiling: trained on the selection split
+            idx_s = store.split(sel_split)[1]
+            cs = phantom_concepts(gt.loc[idx_s["Path"]].reset_index(), min_pos=0)
+            ys_c = np.column_stack([cs.y[:, cs.names.index(n)] for n in concepts.names])
+            probe = probe_ceiling(sel[0]["raw"], ys_c, X, concepts.y)
+        gtt, gs = ground_truth_table(A, X, concepts, cfg.recovery_auroc, cfg.recovery_margin, probe)
         write_table(gtt.round(4), out.recovery)
         np.save(out.concept_auroc, gs.pop("auc_sae").astype(np.float32)); gs.pop("auc_raw")
         atomic_write_json(out.concepts, dict(names=concepts.names, kinds=concepts.kinds, phrases=concepts.phrases,
-                                                      dropped=concepts.dropped))
+                                             patterns=concepts.patterns, dropped=concepts.dropped))
         save_figure(plot_concept_recovery(gtt, cfg.recovery_auroc, f"PhantomCXR {cfg.split} split: planted concepts "
                                           f"({gs['sae_recovered']}/{len(gtt)} recovered by a dedicated latent)"),
                     out.recovery_figure)

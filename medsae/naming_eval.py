@@ -5,6 +5,7 @@
 # %% ../nbs/62_naming_eval.ipynb #51925a59
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from .naming import NameCache, NameResult, _column, load_gray, naming_split, tex
 # %% auto #0
 __all__ = ['JUDGE_SYSTEM', 'JUDGE_PROMPT', 'PUBLISHED_JUDGE_SYSTEM', 'PUBLISHED_JUDGE_PROMPT', 'published_positives', 'eval_set',
            'detection_scores', 'TextJudge', 'VLMJudge', 'vlm_judge', 'derangement', 'score_names', 'summarise_scores',
-           'plot_naming_accuracy', 'sentence_embedder', 'name_correctness', 'naming_eval_stage_run']
+           'plot_naming_accuracy', 'sentence_embedder', 'says_concept', 'name_correctness', 'naming_eval_stage_run']
 
 # %% ../nbs/62_naming_eval.ipynb #ec201c08
 def published_positives(values: np.ndarray, n_pos: int = 30) -> np.ndarray:
@@ -205,10 +206,16 @@ def sentence_embedder() -> Callable:
     tower = MedCLIPTextSentence()
     return lambda texts: tower.embed_sentences(list(texts)).numpy()
 
+def says_concept(name: str, pattern: str | None) -> bool:
+    "Whether a name holds one of a concept's terms (its regex pattern), not negated."
+    from medsae.reports import is_negated
+    return bool(pattern) and re.search(pattern, name, re.I) is not None and not is_negated(name, pattern)
+
 def name_correctness(names: pd.DataFrame, concept_auroc: np.ndarray, concepts: Sequence[str],
                      phrases: dict[str, list[str]], embed: Callable, min_auroc: float = 0.75,
-                     min_similarity: float = 0.3) -> pd.DataFrame:
-    "For each named SAE latent with a ground-truth concept (AUROC >= min_auroc): the nearest concept to its name."
+                     min_similarity: float = 0.3, patterns: dict[str, str] | None = None) -> pd.DataFrame:
+    """For each named SAE latent with a ground-truth concept (AUROC >= min_auroc): whether its name says the concept
+    (one of its terms, `patterns`), and the nearest concept to the name (MiniLM similarity to each concept's phrases)."""
     concepts = list(concepts)
     ph = [(c, p) for c in concepts for p in dict.fromkeys([c] + list(phrases.get(c, [])))]
     pe = np.asarray(embed([p for _, p in ph]), dtype=np.float64)
@@ -218,7 +225,7 @@ def name_correctness(names: pd.DataFrame, concept_auroc: np.ndarray, concepts: S
     best_c = concept_auroc.argmax(1); best_a = concept_auroc.max(1)
     sae = sae[best_a[sae.unit.to_numpy()] >= min_auroc].reset_index(drop=True)
     if not len(sae): return pd.DataFrame(columns=["unit", "namer", "truth_concept", "truth_auroc", "concept",
-                                                  "nearest_concept", "similarity", "correct"])
+                                                  "says_concept", "nearest_concept", "similarity", "correct"])
     ne = np.asarray(embed(sae.concept.tolist()), dtype=np.float64)
     ne /= np.maximum(np.linalg.norm(ne, axis=1, keepdims=True), 1e-12)
     sim = ne @ pe.T                                                   # (names, phrases)
@@ -227,10 +234,13 @@ def name_correctness(names: pd.DataFrame, concept_auroc: np.ndarray, concepts: S
     near = per_c.argmax(1)
     truth = best_c[sae.unit.to_numpy()]
     s_truth = per_c[np.arange(len(sae)), truth]
+    pats = [(patterns or {}).get(concepts[t]) for t in truth]
+    says = np.array([says_concept(n, p) for n, p in zip(sae.concept, pats)], dtype=bool)
+    denies = np.array([bool(p) and re.search(p, n, re.I) is not None and not ok for n, p, ok in zip(sae.concept, pats, says)])
     return pd.DataFrame({"unit": sae.unit, "namer": sae.namer, "truth_concept": [concepts[t] for t in truth],
-                         "truth_auroc": best_a[sae.unit.to_numpy()].round(3), "concept": sae.concept,
+                         "truth_auroc": best_a[sae.unit.to_numpy()].round(3), "concept": sae.concept, "says_concept": says,
                          "nearest_concept": [concepts[k] for k in near], "similarity": s_truth.round(3),
-                         "correct": (near == truth) & (s_truth >= min_similarity)})
+                         "correct": says | (~denies & (near == truth) & (s_truth >= min_similarity))})
 
 # %% ../nbs/62_naming_eval.ipynb #44d67d65
 def _pick_units(first: Sequence[int], pool: Sequence[int], n: int, seed: int) -> list[int]:
@@ -300,7 +310,8 @@ def naming_eval_stage_run(names_csv: str | Path, act_dir: str | Path, store_path
     if md is not None and md.concept_auroc.exists():
         auc = np.load(md.concept_auroc)
         cj = json.loads(md.concepts.read_text())
-        corr = name_correctness(names, auc, cj["names"], cj["phrases"], sentence_embedder(), min_similarity=cfg.correct_similarity)
+        corr = name_correctness(names, auc, cj["names"], cj["phrases"], sentence_embedder(), min_similarity=cfg.correct_similarity,
+                                patterns=cj.get("patterns"))
         write_table(corr, out.correctness)
         rec = pd.read_csv(md.recovery)
         rec = rec[rec.sae_recovered.astype(str).str.lower() == "true"]
@@ -311,7 +322,8 @@ def naming_eval_stage_run(names_csv: str | Path, act_dir: str | Path, store_path
             rates[nm] = dict(named_correctly=int(sum(hits)), recovered=int(len(rec)),
                              rate=float(np.mean(hits)) if hits else None,
                              all_latents_with_truth=int(len(c)), all_correct_rate=float(c.correct.mean()) if len(c) else None)
-        summary["correctness"] = dict(rule=f"nearest concept (MiniLM similarity to its phrases) is the latent's "
-                                           f"ground-truth concept (AUROC >= 0.75) and similarity >= {cfg.correct_similarity}",
+        summary["correctness"] = dict(rule=f"the name holds one of the ground-truth concept's terms (AUROC >= 0.75; its "
+                                           f"pattern, not negated), or its nearest concept (MiniLM similarity to each "
+                                           f"concept's phrases) is that concept with similarity >= {cfg.correct_similarity}",
                                       per_namer=rates)
     return summary

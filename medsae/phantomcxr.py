@@ -21,7 +21,7 @@ from .config import CHEXPERT_LABELS, PhantomConfig
 from .data import META_COLUMNS, LabelPolicy, frontal_only, read_chexpert_csv
 from .phantom import FINDINGS, Anatomy, render, sample_nuisance
 from .provenance import atomic_path, atomic_write_json, environment_info, sha256_file
-from .reports import SentenceBank, compose_report, mine_vocabulary, read_iu_reports
+from .reports import SentenceBank, compose_report, mine_vocabulary, read_iu_reports, technical_factors, TECHNICAL
 
 # %% auto #0
 __all__ = ['PREFIX', 'SPLITS', 'PhantomError', 'sample_studies', 'plan_findings', 'make_image', 'generate_phantom',
@@ -79,7 +79,8 @@ def make_image(i: int, row: dict, out_dir: Path, cfg: PhantomConfig, policy: Lab
     with atomic_path(dest) as tmp:
         if cfg.image_format == "png": Image.fromarray(img).save(tmp, format="PNG", compress_level=1)
         else: Image.fromarray(img).save(tmp, format="JPEG", quality=95)
-    rep = compose_report(bank, params, np.random.default_rng([seed, i, 1]))
+    tech = technical_factors(nu)
+    rep = compose_report(bank, params, np.random.default_rng([seed, i, 1]), tech)
     rec = {"index": i, "Path": rel, "split": row["split"], "source_row": int(row["source_row"])}
     rec.update({c: row[c] for c in META_COLUMNS if c != "Path"})
     rec.update({c: row[c] for c in CHEXPERT_LABELS})
@@ -87,6 +88,7 @@ def make_image(i: int, row: dict, out_dir: Path, cfg: PhantomConfig, policy: Lab
     rec["planted.No Finding"] = int(not params)
     for k, p in params.items(): rec.update(_flatten(k, p))
     rec.update(_flatten("nuisance", nu))
+    rec.update({f"technical.{k}": int(k in tech) for k in TECHNICAL})
     rec.update(report_findings=rep["findings"], report_impression=rep["impression"],
                report_real_sentences=rep["real_sentences"], report_template_sentences=rep["template_sentences"])
     return rec

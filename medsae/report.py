@@ -200,7 +200,15 @@ def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "") -
               f"({g['raw_recovery_rate']:.0%}). Hungarian one-to-one matching: mean AUROC {g['hungarian_mean_auroc']:.3f}. "
               f"Polysemanticity (concepts per responsive unit at AUROC >= 0.75): SAE "
               f"{g['sae_polysemanticity']['mean_concepts']:.2f} ({g['sae_polysemanticity']['share_multi']:.0%} respond to "
-              f"2 or more), raw {g['raw_polysemanticity']['mean_concepts']:.2f} ({g['raw_polysemanticity']['share_multi']:.0%}).", "",
+              f"2 or more), raw {g['raw_polysemanticity']['mean_concepts']:.2f} ({g['raw_polysemanticity']['share_multi']:.0%}).", ""]
+        if g.get("encodable") is not None:
+            enc_ = g["encodable"]
+            L += [f"**Relative to what the encoder encodes**: the probe ceiling (`probe_auroc`: {g['probe_rule']}, trained on "
+                  f"the selection split) marks {enc_} of the {g['concepts']} concepts `encodable`. Of those, SAE latents recover "
+                  f"{g['sae_recovered_encodable']} ({(g['sae_recovery_of_encodable'] or 0):.0%}) with a dedicated latent; "
+                  f"single raw dimensions {g['raw_recovered_encodable']} ({(g['raw_recovery_of_encodable'] or 0):.0%}). "
+                  "A concept the probe cannot find is one the encoder does not carry: no unit can recover it.", ""]
+        L += [
               table(R.evaluate.recovery), "", f"![concept recovery]({f('evaluate', R.evaluate.recovery_figure)})", ""]
         if cor:
             L += [f"Names against the ground truth ({cor.get('rule')}):", "",

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['KEYWORDS', 'DEVICE_KEYWORDS', 'PRE_NEGATION', 'POST_NEGATION', 'NEGATION_ONLY', 'NORMAL_IMPRESSION', 'TEMPLATES',
-           'DEVICE_TEMPLATES', 'LOBE_NAMES', 'IMPORTANT_NEGATIVES', 'read_iu_reports', 'split_sentences', 'is_negated',
-           'SentenceBank', 'compose_report', 'mine_vocabulary']
+__all__ = ['KEYWORDS', 'DEVICE_KEYWORDS', 'PRE_NEGATION', 'POST_NEGATION', 'NEGATION_ONLY', 'NORMAL_IMPRESSION', 'TECHNICAL',
+           'TEMPLATES', 'DEVICE_TEMPLATES', 'LOBE_NAMES', 'IMPORTANT_NEGATIVES', 'CLINICAL', 'TECHNICAL_PHRASES',
+           'read_iu_reports', 'split_sentences', 'is_negated', 'technical_factors', 'technical_tags', 'SentenceBank',
+           'compose_report', 'is_clinical', 'mine_vocabulary']
 
 # %% ../nbs/12_reports.ipynb #93fc82a9
 def read_iu_reports(path: str | Path) -> list[dict]:
@@ -84,6 +85,37 @@ def _side(s: str) -> str | None:
     return "bilateral" if b else "right" if "right" in l else "left" if "left" in l else None
 
 # %% ../nbs/12_reports.ipynb #9c4c5183
+TECHNICAL: dict[str, tuple] = {
+    # factor: (rule on the film's nuisance values, pattern that says it in a report, template)
+    "view AP": (lambda nu: nu["view"] == "AP",
+                r"\bAP (?:view|projection|technique|portable|film|upright|supine)|portable (?:AP|frontal|view|film|chest)|"
+                r"\bsupine\b|semi-?erect", "AP portable view of the chest."),
+    "patient rotation": (lambda nu: abs(nu["rotation_deg"]) > 6.0, r"\brotat\w*", "The patient is rotated."),
+    "low lung volumes": (lambda nu: nu["inspiration"] < 0.95,
+                         r"low lung volumes?|hypoinflat\w*|shallow inspiration|poor inspiration", "Low lung volumes."),
+    "underpenetrated film": (lambda nu: nu["exposure"] < -0.25, r"under-?penetrat\w*|under-?expos\w*",
+                             "The film is underpenetrated."),
+    "overexposed film": (lambda nu: nu["exposure"] > 0.25, r"over-?expos\w*|over-?penetrat\w*", "The film is overexposed."),
+    "marker L": (lambda nu: nu["marker"] == "L", r"\bleft(?:-sided| side)? marker", "Left side marker on the film."),
+    "marker R": (lambda nu: nu["marker"] == "R", r"\bright(?:-sided| side)? marker", "Right side marker on the film."),
+}
+"Technical factors a report states: the rule that makes a film have it, the pattern that finds it in text, a template."
+
+def technical_factors(nuisance: dict) -> list[str]:
+    "The technical factors of a film with these nuisance values (TECHNICAL order)."
+    return [k for k, (rule, _, _) in TECHNICAL.items() if rule(nuisance)]
+
+def technical_tags(texts, factors=None) -> np.ndarray:
+    "(N, F) 0/1: which technical factors each report affirms (pattern found, not negated); a text labeler."
+    factors = list(factors or TECHNICAL)
+    out = np.zeros((len(texts), len(factors)), np.float32)
+    for i, t in enumerate(texts):
+        for s in split_sentences(t):
+            for j, f in enumerate(factors):
+                if re.search(TECHNICAL[f][1], s, re.I) and not is_negated(s, TECHNICAL[f][1]): out[i, j] = 1
+    return out
+
+# %% ../nbs/12_reports.ipynb #1da886a1
 @dataclass
 class SentenceBank:
     "Real report sentences sorted by the observation they affirm or negate."
@@ -91,6 +123,7 @@ class SentenceBank:
     negative: dict = field(default_factory=dict)    # label -> [sentence]
     devices: dict = field(default_factory=dict)     # device -> [sentence]
     normal_impressions: list = field(default_factory=list)
+    technical: dict = field(default_factory=dict)   # technical factor -> [sentence]
     n_reports: int = 0
     n_sentences: int = 0
 
@@ -98,7 +131,7 @@ class SentenceBank:
     def from_reports(cls, reports: list[dict]) -> "SentenceBank":
         bank = cls(n_reports=len(reports))
         pos, neg, dev = {k: Counter() for k in KEYWORDS}, {k: Counter() for k in KEYWORDS}, {k: Counter() for k in DEVICE_KEYWORDS}
-        norm = Counter()
+        norm, tech = Counter(), {k: Counter() for k in TECHNICAL}
         for r in reports:
             for sec in ("findings", "impression"):
                 for s in split_sentences(r[sec]):
@@ -106,6 +139,10 @@ class SentenceBank:
                     bank.n_sentences += 1
                     if sec == "impression" and NORMAL_IMPRESSION.match(s): norm[s] += 1
                     hits = [k for k, pat in KEYWORDS.items() if re.search(pat, s, re.I)]
+                    th = [k for k, (_, pat, _) in TECHNICAL.items() if re.search(pat, s, re.I)]
+                    if len(th) == 1 and not hits and len(s) <= 100 and not is_negated(s, TECHNICAL[th[0]][1]) \
+                            and not re.search(r"lateral|diameter|neck|spine|hip|abdomen|fracture", s, re.I):
+                        tech[th[0]][s] += 1                              # states one technical factor, nothing else
                     neg_of = {k: is_negated(s, KEYWORDS[k]) for k in hits}
                     for k, pat in NEGATION_ONLY.items():
                         if k not in hits and re.search(pat, s, re.I) and is_negated(s, pat): neg_of[k] = True
@@ -121,12 +158,13 @@ class SentenceBank:
         bank.negative = {k: [s for s, _ in sorted(c.items())] for k, c in neg.items()}
         bank.devices = {k: [s for s, _ in sorted(c.items())] for k, c in dev.items()}
         bank.normal_impressions = [s for s, _ in sorted(norm.items())]
+        bank.technical = {k: [s for s, _ in sorted(c.items())] for k, c in tech.items()}
         return bank
 
     def summary(self):
         import pandas as pd
-        return pd.DataFrame({"affirming": {k: len(v) for k, v in self.positive.items()},
-                             "negating": {k: len(v) for k, v in self.negative.items()}})
+        return pd.DataFrame({"affirming": {k: len(v) for k, v in (self.positive | self.technical).items()},
+                             "negating": {k: len(v) for k, v in self.negative.items()}}).fillna(0).astype(int)
 
 # %% ../nbs/12_reports.ipynb #a10191f5
 TEMPLATES = {
@@ -173,13 +211,18 @@ def _fill(template: str, p: dict) -> str:
     except (KeyError, ValueError): return re.sub(r"\{[^}]*\}", "", template).replace("  ", " ")
 
 # %% ../nbs/12_reports.ipynb #6bd6f0ea
-def compose_report(bank: SentenceBank, planted: dict[str, dict], rng) -> dict:
-    """A report for an image whose planted findings are `planted` ({observation: params}).
+def compose_report(bank: SentenceBank, planted: dict[str, dict], rng, technical=()) -> dict:
+    """A report for an image whose planted findings are `planted` ({observation: params}) and whose film has the
+    `technical` factors (see `technical_factors`).
 
     Returns findings and impression text, and how many sentences are real (from IU-Xray) or templates."""
     sents, n_real, n_tmpl = [], 0, 0
     def pick(cands):
         return cands[int(rng.integers(len(cands)))]
+    for f in technical:                                  # the technique first, as radiologists write it
+        c = bank.technical.get(f, [])
+        if c and rng.random() < 0.8: sents.append(pick(c)); n_real += 1
+        else: sents.append(TECHNICAL[f][2]); n_tmpl += 1
     for name, p in planted.items():
         if name == "Support Devices":
             for d in p.get("devices", []):
@@ -218,9 +261,31 @@ size heart lungs lung mild small large upper lower views visualized contour appe
 stable within unchanged without pulmonary cardiopulmonary identified degenerative minimal status otherwise
 previous moderate displaced active""".split())
 
+CLINICAL = re.compile(r"""\b(?:effusion|pneumothora\w*|opacit\w*|consolidat\w*|atelecta\w*|edema|congestion|
+    cardiomegaly|cardiac|heart|cardiomediastinal|mediastin\w*|hil(?:ar|um)|nodul\w*|mass(?:es)?|lesions?|granulom\w*|
+    calcifi\w*|fractures?|ribs?|pleura\w*|thickening|plaques?|catheters?|tubes?|pacemaker|pacer|leads|electrodes?|
+    lines?|picc|clips?|sternotomy|wires?|pneumonia|infiltrat\w*|airspace|interstitial|vascular\w*|vasculature|kerley|
+    emphysema|hyperexpan\w*|hyperinflat\w*|hypoinflat\w*|copd|scar\w*|fibros\w*|volumes?|rotat\w*|portable|
+    diaphragms?|hemidiaphragms?|costophrenic|aort\w*|trachea|spine|thoracic|degenerative|osteophyt\w*|bronch\w*|
+    lobes?|lingula\w*|apex|apical|bibasilar|basilar|bases|perihilar|lungs?|pulmonary|cardiopulmonary|pneumoperitoneum|
+    silhouette|contours?|markings|crowding|tortuous|ectatic|kyphosis|scoliosis|marker|penetrat\w*|expos\w*)\b""",
+    re.I | re.X)
+"Clinical terms of chest radiographs: a vocabulary phrase must hold one (findings, anatomy, devices, technique)."
+
+TECHNICAL_PHRASES = {"view AP": "AP portable view", "patient rotation": "patient rotation",
+                     "low lung volumes": "low lung volumes", "underpenetrated film": "underpenetrated film",
+                     "overexposed film": "overexposed film", "marker L": "left side marker", "marker R": "right side marker"}
+
+_WEAK_ONLY = re.compile(r"^(?:(?:silhouette|contours?|lungs?|pulmonary|cardiopulmonary|heart|cardiac|volumes?|"
+                        r"lines?|bases|is|are|normal|size|mild|small|within|limits|clear)\b\s*)+$", re.I)
+
+def is_clinical(phrase: str) -> bool:
+    "Whether a phrase names a finding, a structure, a device or a technical factor (not only a generic word)."
+    return bool(CLINICAL.search(phrase)) and not _WEAK_ONLY.match(phrase)
+
 def mine_vocabulary(reports: list[dict], labels: tuple[str, ...], min_count: int = 15, max_phrases: int = 400,
                     max_len: int = 4) -> list[tuple[str, int]]:
-    "Radiology phrases (with their counts) from the reports, plus the label names (count -1)."
+    "Clinical phrases (with their counts) from the reports, plus the label names and technical factors (count -1)."
     counts = Counter()
     for r in reports:
         for sec in ("findings", "impression"):
@@ -233,6 +298,7 @@ def mine_vocabulary(reports: list[dict], labels: tuple[str, ...], min_count: int
                         if k == 1 and (len(g[0]) < 5 or g[0] in _GENERIC): continue
                         if "or" in g or "and" in g: continue
                         counts[" ".join(g)] += 1
-    phrases = [(p, c) for p, c in counts.most_common() if c >= min_count][:max_phrases]
+    phrases = [(p, c) for p, c in counts.most_common() if c >= min_count and is_clinical(p)][:max_phrases]
     have = {p for p, _ in phrases}
-    return [(l.lower(), -1) for l in labels if l.lower() not in have] + phrases
+    fixed = [l.lower() for l in labels] + list(TECHNICAL_PHRASES.values())
+    return [(l, -1) for l in dict.fromkeys(fixed) if l not in have] + phrases

@@ -1,4 +1,5 @@
 """Metrics: properties (hypothesis), agreement with numpy/scipy/scikit-learn, and bad input."""
+import re
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -122,9 +123,18 @@ def test_phantom_concepts_rules():
     gt = pd.DataFrame({"planted.Edema": rng.random(n) < 0.3, "planted.Fracture": np.r_[np.ones(3), np.zeros(n - 3)],
                        "nuisance.view": rng.choice(["AP", "PA"], n), "nuisance.marker": rng.choice(["none", "L", "R"], n),
                        "nuisance.annotation": rng.choice(["none", "PORTABLE"], n), "nuisance.exposure": rng.normal(size=n),
-                       "nuisance.rotation_deg": rng.normal(size=n)})
+                       "nuisance.rotation_deg": rng.normal(0, 6, size=n), "nuisance.inspiration": rng.uniform(0.9, 1.1, n),
+                       "nuisance.contrast": rng.uniform(size=n)})
     c = phantom_concepts(gt, min_pos=10)
     assert "Fracture" in c.dropped and "Edema" in c.names and "view AP" in c.names
-    j = c.names.index("patient rotation")
-    assert c.y[:, j].sum() == 50 and (c.y[:, j] == (np.abs(gt["nuisance.rotation_deg"]) > np.quantile(np.abs(gt["nuisance.rotation_deg"]), 0.75))).all()
+    # technical factors: the fixed rules the reports state (|rotation| > 6 degrees, inspiration < 0.95, ...)
+    rot = np.abs(gt["nuisance.rotation_deg"].to_numpy())
+    assert (c.y[:, c.names.index("patient rotation")] == (rot > 6)).all() and c.kinds[c.names.index("patient rotation")] == "technical"
+    assert (c.y[:, c.names.index("low lung volumes")] == (gt["nuisance.inspiration"] < 0.95)).all()
+    assert (c.y[:, c.names.index("underpenetrated film")] == (gt["nuisance.exposure"] < -0.25)).all()
+    assert (c.y[:, c.names.index("marker R")] == (gt["nuisance.marker"] == "R")).all()
+    # other nuisance factors: the top quartile
+    j = c.names.index("high contrast")
+    assert c.y[:, j].sum() == 50 and (c.y[:, j] == (gt["nuisance.contrast"] > np.quantile(gt["nuisance.contrast"], 0.75))).all()
+    assert c.patterns["Edema"] and re.search(c.patterns["patient rotation"], "rotated patient")
     with pytest.raises(MetricError, match="ground-truth table lacks"): phantom_concepts(gt.drop(columns=["nuisance.view"]))
