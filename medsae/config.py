@@ -159,6 +159,9 @@ class EncoderTrainingConfig(_Section):
     report_tags: bool = Field(True, description="Soft targets of the semantic-matching loss from the labels and the "
                               "technical factors each report states (a text labeler, as MedCLIP labels its reports); "
                               "false: the labels only.")
+    target_temperature: float | None = Field(None, gt=0, description="Temperature of the soft targets over the "
+                                             "cosine similarity of label vectors (null: MedCLIP's softmax of their dot "
+                                             "product). Lower is sharper.")
     clip_weight: float = Field(0.0, ge=0, description="Weight of CLIP's identity-target loss added to MedCLIP's "
                                "semantic-matching loss (0: MedCLIP's loss alone).")
     threads: int = Field(2, ge=1, description="torch CPU threads.")

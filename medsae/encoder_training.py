@@ -34,8 +34,14 @@ def soft_xent(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     "MedCLIP's soft cross-entropy: -(target * log_softmax(logits)).sum() / batch."
     return -(target * F.log_softmax(logits, dim=1)).sum() / logits.shape[0]
 
-def semantic_matching_loss(logits: torch.Tensor, img_labels: torch.Tensor, text_labels: torch.Tensor) -> torch.Tensor:
-    "MedCLIP's loss: soft targets softmax(Y_img Y_txt^T) for both directions."
+def semantic_matching_loss(logits: torch.Tensor, img_labels: torch.Tensor, text_labels: torch.Tensor,
+                           temperature: float | None = None) -> torch.Tensor:
+    """MedCLIP's loss: soft targets softmax(Y_img Y_txt^T) for both directions. With a `temperature`, the targets
+    are softmax(cos(Y_img, Y_txt) / temperature): sharper, so that a rare finding's few partners in a batch carry
+    most of the target mass instead of a tenth of it."""
+    if temperature is not None:
+        img_labels = F.normalize(img_labels, dim=1) / temperature ** 0.5
+        text_labels = F.normalize(text_labels, dim=1) / temperature ** 0.5
     sim = img_labels @ text_labels.t()
     return (soft_xent(logits, F.softmax(sim, 1)) + soft_xent(logits.t(), F.softmax(sim.t(), 1))) / 2
 
@@ -71,7 +77,7 @@ def train_medclip(model: MedCLIPModel, images: torch.Tensor, labels: torch.Tenso
             img = model.encode_image(x)
             txt = model.encode_text(*text_input(idx))
             logits = model.compute_logits(img, txt)
-            loss = semantic_matching_loss(logits, labels[idx], labels[idx])
+            loss = semantic_matching_loss(logits, labels[idx], labels[idx], cfg.target_temperature)
             if cfg.clip_weight:                          # CLIP's loss: each image's own report is its target
                 eye = torch.eye(len(idx))
                 loss = loss + cfg.clip_weight * (soft_xent(logits, eye) + soft_xent(logits.t(), eye)) / 2

@@ -75,7 +75,7 @@ class CheckpointFolder(Folder):
 class SAEFolder(Folder):
     "The SAE stage: checkpoints, the SAELens export, the hub folder, the training log, the sweep."
     files = dict(summary="summary.json", log="training_log.csv", curve="training_curve.png", sweep="sweep.csv",
-                 sweep_pareto="sweep_pareto.png")
+                 sweep_pareto="sweep_pareto.png", sweep_curves="sweep_curves.csv", sweep_curves_figure="sweep_curves.png")
     @property
     def checkpoints(self) -> Path: return self.path / "checkpoints"
     @property

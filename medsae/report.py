@@ -180,6 +180,10 @@ def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "") -
     # 5. ours
     L += ["## 5. Beyond the paper", "", "### SAE sweep: held-out FVE against L0 (Pareto front)", "",
           table(R.sae.sweep), "", f"![sweep]({f('sae', R.sae.sweep_pareto)})", ""]
+    if R.sae.sweep_curves_figure.exists():
+        L += [f"Each sweep SAE's held-out FVE and L0 along training (`plateau`: FVE gained less than 0.005 over the last "
+              f"quarter of its steps, so the front compares trained SAEs):", "",
+              f"![sweep curves]({f('sae', R.sae.sweep_curves_figure)})", ""]
     if sibling(R.evaluate.ablation, ".md").exists():
         L += ["### What each published choice does to the headline", "",
               "Each row switches one choice of this run to the published code's (labels, label coding, best-unit "

@@ -143,6 +143,7 @@ class SentenceBank:
                     if len(th) == 1 and not hits and len(s) <= 100 and not is_negated(s, TECHNICAL[th[0]][1]) \
                             and not re.search(r"lateral|diameter|neck|spine|hip|abdomen|fracture", s, re.I):
                         tech[th[0]][s] += 1                              # states one technical factor, nothing else
+                    if th: continue              # a finding sentence must not also state a technique the film lacks
                     neg_of = {k: is_negated(s, KEYWORDS[k]) for k in hits}
                     for k, pat in NEGATION_ONLY.items():
                         if k not in hits and re.search(pat, s, re.I) and is_negated(s, pat): neg_of[k] = True

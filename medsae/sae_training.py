@@ -20,11 +20,12 @@ from .provenance import atomic_path, atomic_write_json, environment_info, sha256
 from .sae import SAE, Normaliser, build_sae, code_dense
 
 # %% auto #0
-__all__ = ['SAELENS_ARCH', 'SAETrainingError', 'check_embeddings', 'data_hash', 'sae_from_config', 'lr_at', 'batch_metrics',
-           'save_checkpoint', 'load_checkpoint', 'latest_checkpoint', 'total_steps', 'resample_interval', 'dead_mask',
-           'penalty_scales', 'batch_indices', 'resample_dead', 'train_sae', 'evaluate_sae', 'folded_weights',
-           'export_saelens', 'saelens_forward', 'export_hub_folder', 'sweep_grid', 'sweep', 'select_sae',
-           'pareto_front', 'plot_pareto', 'plot_training', 'sae_stage_run']
+__all__ = ['SAELENS_ARCH', 'PLATEAU_GAIN', 'SAETrainingError', 'check_embeddings', 'data_hash', 'sae_from_config', 'lr_at',
+           'batch_metrics', 'save_checkpoint', 'load_checkpoint', 'latest_checkpoint', 'total_steps',
+           'resample_interval', 'dead_mask', 'penalty_scales', 'batch_indices', 'resample_dead', 'train_sae',
+           'evaluate_sae', 'folded_weights', 'export_saelens', 'saelens_forward', 'export_hub_folder', 'sweep_grid',
+           'sweep', 'plateau', 'plot_sweep_curves', 'select_sae', 'pareto_front', 'plot_pareto', 'plot_training',
+           'sae_stage_run']
 
 # %% ../nbs/41_sae_training.ipynb #0bdd6bab
 class SAETrainingError(RuntimeError):
@@ -354,8 +355,16 @@ def sweep(x_train: torch.Tensor, x_valid: torch.Tensor, cfg: SAEConfig, seed: in
         name = f"{cfg.arch}-x{p['expansion']}-" + (f"l1={p['l1']:g}" if "l1" in p else f"k={p['k']}")
         models[name], opts[name] = (s, p), _optimizer(s, c)
     since = {k: torch.zeros(s.m, dtype=torch.long, device=dev) for k, (s, _) in models.items()}
+    every = max(1, total // 16)                 # held-out FVE and L0 of every member along the way: the curves
+    x_curve = x_valid[:2048]
+    curves = []
+    def record(step):
+        for name, (s, _) in models.items():
+            curves.append(dict(name=name, step=step, **{k: v for k, v in evaluate_sae(s, x_curve).items() if k in ("fve", "l0")}))
+            s.train()
     t0 = time.time()
     for step in tqdm(range(total), desc=f"sweep ({len(models)} SAEs)", unit="step", disable=not progress):
+        if step and step % every == 0: record(step)
         xb = x[batch_indices(n, step, scfg, seed).to(dev)]
         for name, (s, p) in models.items():
             opt = opts[name]
@@ -366,14 +375,40 @@ def sweep(x_train: torch.Tensor, x_valid: torch.Tensor, cfg: SAEConfig, seed: in
             s.remove_parallel_grad(); opt.step(); s.renorm_decoder()
             with torch.no_grad():
                 since[name] += len(xb); since[name][out["fired"] if "fired" in out else (out["f"] > 0).any(0)] = 0
+    record(total)
     secs = time.time() - t0
     rows = []
+    cur = pd.DataFrame(curves)
     for name, (s, p) in models.items():
         s.eval()
-        rows.append(dict(name=name, arch=cfg.arch, **p, latents=s.m, steps=total, **evaluate_sae(s, x_valid)))
+        rows.append(dict(name=name, arch=cfg.arch, **p, latents=s.m, steps=total, **evaluate_sae(s, x_valid),
+                         **plateau(cur[cur.name == name])))
     table = pd.DataFrame(rows).set_index("name")
     table.attrs["seconds"] = secs
+    table.attrs["curves"] = cur
     return table, {k: s for k, (s, _) in models.items()}
+
+PLATEAU_GAIN = 0.005
+
+def plateau(curve: pd.DataFrame, gain: float = PLATEAU_GAIN) -> dict:
+    """Whether a held-out FVE curve (columns step, fve) has reached its plateau: over the last quarter of training
+    it gained less than `gain` (0.005 FVE). Returns that gain and the verdict."""
+    c = curve.sort_values("step")
+    last = float(c.fve.iloc[-1])
+    at = c[c.step <= 0.75 * c.step.max()]
+    g = last - float(at.fve.iloc[-1]) if len(at) else float("nan")
+    return dict(fve_gain_last_quarter=g, plateau=bool(g < gain))
+
+def plot_sweep_curves(curves: pd.DataFrame, title: str = ""):
+    "Held-out FVE (left) and L0 (right) of every sweep member against training steps."
+    import matplotlib.pyplot as plt
+    fig, axs = plt.subplots(1, 2, figsize=(9, 3.6))
+    for name, g in curves.groupby("name", sort=True):
+        axs[0].plot(g.step, g.fve, label=name, lw=1.2); axs[1].plot(g.step, g.l0, lw=1.2)
+    axs[0].set_ylabel("held-out FVE"); axs[1].set_ylabel("held-out L0"); axs[1].set_yscale("log")
+    for a in axs: a.set_xlabel("step")
+    axs[0].legend(fontsize=6); fig.suptitle(title, fontsize=9); fig.tight_layout()
+    return fig
 
 def select_sae(table: pd.DataFrame, target_l0: float) -> str:
     "The stated rule: highest FVE among rows with L0 <= target_l0 (else the sparsest row)."
@@ -445,9 +480,14 @@ def sae_stage_run(store_path: str | Path, out: str | Path, cfg: SAEConfig, seed:
         write_table(table.round(4), out.sweep)
         save_figure(plot_pareto(table, chosen, f"{cfg.arch} SAEs on {enc['name']} embeddings, held-out FVE vs L0"),
                     out.sweep_pareto)
+        table.attrs["curves"].round(4).to_csv(out.sweep_curves, index=False)
+        save_figure(plot_sweep_curves(table.attrs["curves"], f"sweep: held-out FVE and L0 along training "
+                                      f"({int(table.plateau.sum())}/{len(table)} at their plateau: FVE gain < "
+                                      f"{PLATEAU_GAIN} over the last quarter)"), out.sweep_curves_figure)
         met = bool((table["l0"] <= cfg.target_l0).any())
         summary.update(sweep_selected=chosen, sweep_rule=f"highest held-out FVE with L0 <= {cfg.target_l0}"
                        + ("" if met else "; no SAE met the L0 target, so the sparsest was taken"), sweep_rule_met=met,
-                       sweep_seconds=round(time.time() - t1, 1), sweep_models=len(table))
+                       sweep_seconds=round(time.time() - t1, 1), sweep_models=len(table),
+                       sweep_at_plateau=int(table.plateau.sum()), sweep_steps=int(table.steps.iloc[0]))
     atomic_write_json(out.summary, summary)
     return summary
