@@ -151,7 +151,7 @@ class EncoderTrainingConfig(_Section):
     "Training of the default encoder (MedCLIP with a small ResNet and a frozen MiniLM text backbone) on PhantomCXR."
     image_size: int = Field(128, ge=32, le=512, description="Input side of the small vision tower.")
     widths: list[int] = Field([32, 64, 128, 256], description="Channels of the four ResNet stages.")
-    epochs: int = Field(2, ge=1, description="Passes over the training images: the budget, in steps, whatever the "
+    epochs: int = Field(3, ge=1, description="Passes over the training images: the budget, in steps, whatever the "
                         "machine's speed (one pass over PhantomCXR's 12,000 pairs is 93 steps).")
     batch_size: int = Field(128, ge=2, description="Image-report pairs per step.")
     lr: float = Field(2e-3, gt=0, description="AdamW learning rate (cosine decay after a 5% warm-up).")
@@ -159,9 +159,11 @@ class EncoderTrainingConfig(_Section):
     report_tags: bool = Field(True, description="Soft targets of the semantic-matching loss from the labels and the "
                               "technical factors each report states (a text labeler, as MedCLIP labels its reports); "
                               "false: the labels only.")
-    target_temperature: float | None = Field(None, gt=0, description="Temperature of the soft targets over the "
+    target_temperature: float | None = Field(0.1, gt=0, description="Temperature of the soft targets over the "
                                              "cosine similarity of label vectors (null: MedCLIP's softmax of their dot "
-                                             "product). Lower is sharper.")
+                                             "product). Lower is sharper: at 0.1 a rare finding's partners in a batch "
+                                             "carry most of the target mass (measured: probe AUROC up for every "
+                                             "finding, e.g. Atelectasis 0.64 -> 0.80, on a 3,000-pair run).")
     clip_weight: float = Field(0.0, ge=0, description="Weight of CLIP's identity-target loss added to MedCLIP's "
                                "semantic-matching loss (0: MedCLIP's loss alone).")
     threads: int = Field(2, ge=1, description="torch CPU threads.")
@@ -207,7 +209,8 @@ class SAEConfig(_Section):
     sweep_expansion: list[int] = Field([4, 8], description="Sweep grid: expansion factors.")
     sweep_l1: list[float] = Field([1.0, 3.0, 10.0], description="Sweep grid: L1 coefficients (ReLU).")
     sweep_k: list[int] = Field([32, 64, 128], description="Sweep grid: k (TopK family).")
-    sweep_epochs: int = Field(10, ge=1, description="Epochs of each sweep model.")
+    sweep_epochs: int = Field(20, ge=1, description="Epochs of each sweep model (its held-out FVE curve is recorded "
+                              "and each member's plateau verdict is in the sweep table).")
     target_l0: float = Field(64, gt=0, description="Selection rule: the best FVE among SAEs with L0 <= target_l0.")
     kernel: Literal["auto", "dense", "sparse"] = Field("auto", description="Training kernels: `sparse` (dense encoder "
                                                        "forward, the rest on the active latents), `dense` (five GEMMs), "
