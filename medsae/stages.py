@@ -288,7 +288,10 @@ STAGES: tuple[Stage, ...] = (
           _score_names, lambda L: [L.score_names.summary, L.score_names.correctness, L.score_names.scores,
                                    L.score_names.figure, L.score_names.same_split]),
     Stage("report", "example panels, the decoder map and the results page", ("sae", "evaluate", "name", "score-names"),
-          ("run",), _report, lambda L: [L.report.umap_figure, *L.report.panels(), (L.report.results, "RESULTS.md")]),
+          ("run",), _report, lambda L: [L.report.umap_figure, *L.report.panels(), (L.report.results, "RESULTS.md"),
+                                        L.report.decoder_map, L.report.entropy_r, L.report.label_heatmap,
+                                        (L.report.plotly_js, "plotly.min.js"), (L.report.results_repo, "RESULTS_repo.md"),
+                                        *[(f, f"reference/{f.name}") for f in sorted(Path(L.report.reference).glob("*.png"))]]),
 )
 "Every step of a run, in order."
 
@@ -388,6 +391,7 @@ class Pipeline:
             for q in (Path(f), sibling(f, {".csv": ".md", ".png": ".svg"}.get(Path(f).suffix, Path(f).suffix))):
                 if q.exists() and q not in out:
                     d = self.figures / dest if dest and q == Path(f) else self.figures.of(name, q, base)
+                    d.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(q, d); out.append(q)
         return out
 
@@ -477,4 +481,8 @@ def run_notebooks(config: str | None, overrides: list[str], figures: str = "figu
                                f"the traceback, is {out / nb.name})") from None
         log(f"[pipeline] {nb.name} done in {time.time() - t0:.1f} s -> {out / nb.name}")
         done.append(out / nb.name)
+    if done:                                   # the executed notebooks as offline HTML, linked from the results page
+        from medsae.report import render_notebooks
+        html = render_notebooks(done, RunLayout(cfg.run_dir).report.html)
+        log(f"[pipeline] {len(html)} notebooks rendered to HTML -> {html[0].parent}")
     return done
