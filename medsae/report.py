@@ -14,8 +14,8 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['PAPER', 'REFERENCE', 'decoder_umap', 'latent_colours', 'results_page', 'report_stage_run', 'reference_figures',
-           'render_notebooks', 'show_plotly', 'write_plotly_html', 'unit_table', 'run_units', 'entropy_r_figure',
-           'label_heatmap_figure', 'decoder_map_figure', 'interactive_figures']
+           'page_with_images', 'render_notebooks', 'show_plotly', 'write_plotly_html', 'unit_table', 'run_units',
+           'entropy_r_figure', 'label_heatmap_figure', 'decoder_map_figure', 'interactive_figures']
 
 # %% ../nbs/70_report.ipynb #694b5ac3
 PAPER = {
@@ -249,8 +249,10 @@ def report_stage_run(cfg, run, figures, out: str | Path, image_root: str | Path 
     from medsae.layout import ReportFolder
     from medsae.provenance import atomic_write_text
     from medsae.provenance import repo_root
+    from tqdm.auto import tqdm
     out = ReportFolder(out); out.path.mkdir(parents=True, exist_ok=True)
     extra, summary = {}, {}
+    bar = tqdm(total=n_panels + 3, desc="report", unit="step")
     if run.score_names.scores.exists():
         sc = pd.read_csv(run.score_names.scores, keep_default_na=False)
         best = (sc[sc.unit_kind == "sae"].sort_values(["accuracy", "f1"], ascending=False)
@@ -262,7 +264,7 @@ def report_stage_run(cfg, run, figures, out: str | Path, image_root: str | Path 
             extra["panels"] = []
             for j in best.unit.head(n_panels):
                 save_figure(latent_panel(atlas, int(j)), out.panel(int(j)))
-                extra["panels"].append((int(j), out.panel(int(j))))
+                extra["panels"].append((int(j), out.panel(int(j)))); bar.update()
         except ImportError as e: summary["panels"] = f"not drawn: {e}"
     sae = ExportedSAE.load(run.sae.saelens)
     dirs = sae.directions()
@@ -279,24 +281,30 @@ def report_stage_run(cfg, run, figures, out: str | Path, image_root: str | Path 
         has = alive[colour.iloc[alive].to_numpy() != "none"][:max_umap]
         rest = np.setdiff1d(alive, has)
         alive = np.sort(np.concatenate([has, np.random.default_rng(cfg.run.seed).choice(rest, max_umap - len(has), replace=False)]))
+    bar.n = n_panels; bar.set_postfix_str("decoder UMAP"); bar.refresh()
     if len(alive) >= 20:
         fig, xy = decoder_umap(dirs[alive], colour.iloc[alive].reset_index(drop=True), cfg.run.seed)
         fig.axes[0].set_title(f"decoder directions of {len(alive)} latents active on the {cfg.metrics.split} split", fontsize=10)
         save_figure(fig, out.umap_figure)
         pd.DataFrame({"latent": alive, "x": xy[:, 0], "y": xy[:, 1], "concept": colour.iloc[alive].to_numpy()}).to_csv(out.umap, index=False)
         extra["umap"] = how
+    bar.update(); bar.set_postfix_str("interactive figures")
     extra["interactive"] = list(interactive_figures(cfg, run, out))
+    bar.update(); bar.set_postfix_str("results pages")
     extra["notebooks"] = [p.stem for p in sorted((repo_root() / "nbs" / "_pipeline").glob("[0-9][0-9]_*.ipynb"))]
     rel = lambda p, start: Path(os.path.relpath(Path(p).resolve(), Path(start).resolve())).as_posix() + "/"
-    page = results_page(cfg, run, figures, extra, notebooks=rel(out.html, figures.path))
+    page = results_page(cfg, run, figures, extra, notebooks=rel(run.report.html, figures.path))
     atomic_write_text(out.results, page)
     links = {}
     home = repo_root().resolve()
-    html = Path(out.html).resolve()
+    html = Path(run.report.html).resolve()
     repo_page = results_page(cfg, run, figures, extra, prefix=REFERENCE + "/", links=links, html_prefix="figures/",
                              notebooks=rel(html, home) if html.is_relative_to(home) else html.as_posix() + "/")
     atomic_write_text(out.results_repo, repo_page)
-    reference_figures(links, out.reference)
+    final = Path(run.report.path)                 # this stage's own files are still in its partial folder
+    reference_figures({k: (out.path / v.relative_to(final) if v.is_relative_to(final) else v) for k, v in links.items()},
+                      out.reference)
+    bar.update(); bar.close()
     summary.update(panels=[j for j, _ in extra.get("panels", [])], umap_latents=int(len(alive)), page_chars=len(page),
                    interactive=extra["interactive"], reference_figures=len(links))
     return summary
@@ -319,6 +327,17 @@ def reference_figures(links: dict, folder: str | Path, max_width: int = 1400) ->
         im.save(folder / name, optimize=True)
         out.append(folder / name)
     return out
+
+def page_with_images(page: str | Path, images: str | Path):
+    "A markdown page for a notebook, its images (linked by name in the folder `images`) embedded as data URIs."
+    import base64, re
+    from IPython.display import Markdown
+    def embed(m):
+        p = Path(images) / m.group(2)
+        if not p.is_file() or p.suffix.lower() not in (".png", ".svg"): return m.group(0)
+        mime = "image/png" if p.suffix.lower() == ".png" else "image/svg+xml"
+        return f"![{m.group(1)}](data:{mime};base64,{base64.b64encode(p.read_bytes()).decode('ascii')})"
+    return Markdown(re.sub(r"!\[([^\]]*)\]\(([^)\s]+)\)", embed, Path(page).read_text()))
 
 def _widget_text(state: dict, model_id: str) -> str:
     "The text a saved widget last showed (a tqdm bar: description, bar, counts and rate), from the widget state."
@@ -411,8 +430,9 @@ def unit_table(codes, emb: np.ndarray, y: np.ndarray, mask: np.ndarray | None, l
         parts.append(df)
     return pd.concat(parts, ignore_index=True), r_sae
 
-def run_units(cfg, run) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
-    "`unit_table` of a run (`RunLayout`) on its metric split, with the evaluate stage's labels, policy and subset."
+def run_units(cfg, run, names: bool = True) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
+    """`unit_table` of a run (`RunLayout`) on its metric split, with the evaluate stage's labels, policy and subset;
+    `names`: join the name stage's names (off where that stage may be older than the evaluate stage)."""
     from medsae.activations import load_activations
     from medsae.data import LabelPolicy, balanced_subset, label_matrix
     from medsae.extract import EmbeddingStore
@@ -426,7 +446,7 @@ def run_units(cfg, run) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
         keep = np.flatnonzero(idx.index.isin(sub.index))
         codes, x, idx = codes[keep], x[keep], idx.iloc[keep].reset_index(drop=True)
     y, m = label_matrix(idx, labels, policy)
-    names = pd.read_csv(run.name_stage.names, keep_default_na=False) if run.name_stage.names.exists() else None
+    names = pd.read_csv(run.name_stage.names, keep_default_na=False) if names and run.name_stage.names.exists() else None
     auc = np.load(run.evaluate.concept_auroc) if run.evaluate.concept_auroc.exists() else None
     concepts = json.loads(run.evaluate.concepts.read_text())["names"] if auc is not None else None
     units, r = unit_table(codes, x, y, None if m.all() else m, labels, names, auc, concepts)
@@ -437,7 +457,7 @@ def _hover(df: pd.DataFrame) -> list[str]:
     out = []
     for t in df.itertuples():
         s = f"<b>{'latent' if t.kind == 'sae' else 'raw dim'} {t.unit}</b>"
-        if getattr(t, "names", ""): s += "<br>" + "<br>".join(str(t.names).split("; ")[:3])
+        if isinstance(getattr(t, "names", None), str) and t.names: s += "<br>" + "<br>".join(t.names.split("; ")[:3])
         if isinstance(getattr(t, "concept", None), str): s += f"<br>best concept: {t.concept} (AUROC {t.concept_auroc:.2f})"
         s += f"<br>best label: {t.best_label} (r {t.r:.3f})<br>entropy {t.entropy:.3f}, active on {t.active:.1%}"
         out.append(s)

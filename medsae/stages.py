@@ -135,8 +135,9 @@ def _label_tables(cfg: Config) -> dict[str, Path]:
 def _labels(p, run) -> dict:
     from medsae import data as D
     from medsae.layout import LabelsRoot
+    from tqdm.auto import tqdm
     cfg, rec = p.cfg, {}
-    for name, table in _label_tables(cfg).items():
+    for name, table in tqdm(_label_tables(cfg).items(), desc="label tables", unit="table"):
         n = cfg.data.subset_per_class if name == "chexpert" else min(cfg.data.subset_per_class, 50)
         df = D.read_chexpert_csv(table, cfg.label_names)
         rec[name] = D.chexpert_label_stage(df, LabelsRoot(run.path).table(name), cfg.label_names, label_policy(cfg),
@@ -178,7 +179,7 @@ def _evaluate(p, run) -> dict:
                                    subset_order=cfg.data.subset_order)
     if cfg.metrics.ablation:
         from medsae.ablation import ablation_run
-        tab = ablation_run(p.layout.activations, p.layout.extract.store, run.path, cfg, cfg.run.seed)
+        tab = ablation_run(p.layout.activations, p.layout.extract.store, run.path, cfg, cfg.run.seed, progress=True)
         summary["ablation"] = {r["choice"]: r["SAE - raw [lo, hi]"] for r in tab.to_dict("records")}
     return summary
 
@@ -373,12 +374,16 @@ class Pipeline:
         else:
             self.log(f"[{name}] {st.title}" + ("" if why == ["missing"] else f" (again: {'; '.join(why)})"))
             depends = self.depends(name)
+            import time
+            t0 = time.time()
             with stage_run(self.cfg, str(Path(self.layout.stage(name)).relative_to(self.layout.path)),
                            argv=self.argv) as run:
                 run.record.update(st.work(self, run) or {})
                 run.record.update(cache_key=self.key(name), depends=depends)
         self.done[name] = Path(self.layout.stage(name))
         self.publish(name)
+        if why: self.log(f"[{name}] done in {time.time() - t0:.1f} s -> {self.done[name]} "
+                         f"(tables and figures: {Path(self.figures).resolve()})")
         return self.done[name]
 
     def publish(self, name: str) -> list[Path]:

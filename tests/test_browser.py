@@ -8,6 +8,7 @@ Needs a Chromium (Debian's `chromium`, installed by `.ci/run`; or `$MEDSAE_CHROM
 (which drives it; its own browser download is never used). Skipped, saying which is missing, where either cannot be had."""
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -233,7 +234,8 @@ HTML_JS = """() => ({
 
 
 def check_html_in_browser(browser, html_files, shots: Path | None = None) -> dict:
-    "Open each offline HTML rendering in Chromium: no broken image, no empty output, every plotly figure drawn."
+    """Open each offline HTML page in Chromium, with the network cut: no broken image, every plotly figure drawn, no
+    script error; a notebook rendering (a page with output areas) also has no empty output."""
     seen = {}
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     page_errors = []
@@ -246,7 +248,7 @@ def check_html_in_browser(browser, html_files, shots: Path | None = None) -> dic
                                timeout=60_000)
         s = page.evaluate(HTML_JS)
         assert s["broken"] == [], (f, s["broken"])
-        assert s["empty"] == 0 and s["outputs"] > 0, (f, s)
+        assert s["empty"] == 0 and (s["outputs"] > 0 or s["plotly"] > 0), (f, s)
         assert s["drawn"] >= s["plotly"], (f, s)
         if shots is not None: page.screenshot(path=str(shots / f"html_{Path(f).stem}.png"))
         seen[Path(f).name] = s
@@ -278,3 +280,38 @@ def test_html_rendering_offline(browser, tmp_path):
     assert [p.name for p in out] == ["01_demo.html"] and (tmp_path / "html" / "plotly.min.js").exists()
     s = check_html_in_browser(browser, out)["01_demo.html"]
     assert s["images"] >= 1 and s["plotly"] == 1 and s["drawn"] == 1
+
+
+def check_published_pages(run, figures, shots: Path | None = None) -> dict:
+    """What the report publishes for a finished `medsae pipeline` run (`run`: its RunLayout; `figures`: a folder named
+    `figures`): the repository page's images resolve from the folder above `figures/` and are exactly the small PNGs
+    of `figures/reference/`; the interactive pages and every executed notebook's HTML rendering exist and, in Chromium
+    (when one can be had), show no broken image, no empty output and every plotly figure drawn. Used by
+    tests/test_reproduce.py, which makes such a run."""
+    from PIL import Image
+    figures = Path(figures)
+    assert figures.name == "figures"
+    repo = (figures / "RESULTS_repo.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", repo)
+    assert links and all(l.startswith("figures/reference/") for l in links), links
+    for l in links: assert (figures.parent / l).is_file(), l
+    ref = sorted((figures / "reference").glob("*.png"))
+    assert {p.name for p in ref} == {Path(l).name for l in links}
+    assert sum(p.stat().st_size for p in ref) < 4_000_000 and all(Image.open(p).width <= 1400 for p in ref)
+    pages = [figures / f"report_{k}.html" for k in ("decoder_map", "entropy_r", "label_heatmap")]
+    for p in pages: assert p.is_file() and 'src="plotly.min.js"' in p.read_text(), p
+    assert (figures / "plotly.min.js").stat().st_size > 1_000_000
+    html = sorted(Path(run.report.html).glob("*.html"))
+    nbs = sorted(Path(run.notebooks).glob("*.ipynb"))
+    assert [p.stem for p in html] == [p.stem for p in nbs] and (Path(run.report.html) / "plotly.min.js").exists()
+    for l in re.findall(r"\]\(([^)\s]+\.html)\)", (figures / "RESULTS.md").read_text()):
+        assert (figures / l).resolve().is_file(), l          # the page links the pages and the renderings
+    if browser_unavailable(): return {}
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox", "--disable-dev-shm-usage"])
+        try: seen = check_html_in_browser(b, [*html, *pages], shots)
+        finally: b.close()
+    assert sum(s["plotly"] for k, s in seen.items() if k.startswith(("06_", "09_"))) >= 3   # the notebooks' plotly figures
+    assert seen["09_report.html"]["images"] >= 5                                          # the results page's figures
+    return seen
