@@ -400,7 +400,7 @@ def paper_table(tab: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
                      "r of best unit": fmt_ci(g(r, "mean_best_r"), g(r, "mean_best_r_lo"), g(r, "mean_best_r_hi")),
                      "held-out best: entropy": fmt_ci(g(r, "heldout_mean_best_entropy")),
                      "held-out best: r": fmt_ci(g(r, "heldout_mean_best_r")),
-                     "mean entropy, units with max|r| > thr": fmt_ci(g(r, "mean_entropy"), g(r, "mean_entropy_lo"), g(r, "mean_entropy_hi")),
+                     "mean entropy, units with max abs r > thr": fmt_ci(g(r, "mean_entropy"), g(r, "mean_entropy_lo"), g(r, "mean_entropy_hi")),
                      "units above thr": "n/a" if not np.isfinite(g(r, "entering")) else f"{int(g(r, 'entering'))}",
                      "detector F1 (best per class)": fmt_ci(g(r, "mean_max_f1")),
                      "Monosemanticity Score": fmt_ci(g(r, "ms_mean")),

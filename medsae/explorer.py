@@ -632,6 +632,7 @@ def correlation_figure(atlas: LatentAtlas, latents: Sequence[int]):
         z = np.array([r.reindex(labs).to_numpy(dtype=float) for r in rs])
         fig = go.Figure(go.Heatmap(z=z, x=labs, y=[f"latent {j}" for j in latents], zmin=-1, zmax=1, colorscale="RdBu_r",
                                    colorbar_title="r", hovertemplate="%{y}, %{x}: r = %{z:.3f}<extra></extra>"))
+        fig.update_yaxes(autorange="reversed")             # the first latent on top, as in the other panels
         s = pair_stats(atlas, latents[0], latents[1])
         what += f" (activation r {s['r']:.2f}, both fire on {s['both']})"
     fig.update_layout(title=dict(text=f"label correlations: {what}", font_size=13), height=max(300, 22 * len(labs) + 80) if len(latents) == 1 else 300,

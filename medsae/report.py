@@ -14,8 +14,8 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['PAPER', 'REFERENCE', 'decoder_umap', 'latent_colours', 'results_page', 'report_stage_run', 'reference_figures',
-           'page_with_images', 'render_notebooks', 'show_plotly', 'write_plotly_html', 'unit_table', 'run_units',
-           'entropy_r_figure', 'label_heatmap_figure', 'decoder_map_figure', 'interactive_figures']
+           'page_with_images', 'render_notebooks', 'show_plotly', 'show_figure', 'write_plotly_html', 'unit_table',
+           'run_units', 'entropy_r_figure', 'label_heatmap_figure', 'decoder_map_figure', 'interactive_figures']
 
 # %% ../nbs/70_report.ipynb #694b5ac3
 PAPER = {
@@ -389,6 +389,14 @@ def show_plotly(fig):
     from IPython.display import display
     from medsae.explorer import plotly_bundle
     display(plotly_bundle(fig), raw=True)
+
+def show_figure(fig, dpi: int = 110):
+    "Display a matplotlib figure as a PNG whatever the backend (the pipeline runs with `MPLBACKEND=Agg`), and close it."
+    import io
+    import matplotlib.pyplot as plt
+    from IPython.display import Image, display
+    buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight"); plt.close(fig)
+    display(Image(buf.getvalue()))
 
 def write_plotly_html(fig, path: str | Path) -> Path:
     "A standalone, offline HTML page of a plotly figure; `plotly.min.js` is written once beside it."
