@@ -117,11 +117,14 @@ def _phantom(p, run) -> dict:
     from medsae.layout import DatasetFolder
     from medsae.phantom import Anatomy
     from medsae.phantomcxr import findings_figure, generate_phantom, nuisance_figure
-    an = Anatomy.build(p.cfg.phantom.size)
+    from tqdm.auto import tqdm
+    steps = tqdm(total=4, desc="phantom", unit="step", postfix="anatomy projections")
+    an = Anatomy.build(p.cfg.phantom.size); steps.update(); steps.set_postfix_str("radiographs")
     man = generate_phantom(run.path, p.cfg.phantom, p.cfg.run.seed, label_policy(p.cfg), anatomy=an)
     out = DatasetFolder(run.path)
-    save_figure(findings_figure(an), out.findings)
-    save_figure(nuisance_figure(an), out.nuisance)
+    steps.update(); steps.set_postfix_str("findings figure")
+    save_figure(findings_figure(an), out.findings); steps.update(); steps.set_postfix_str("nuisance figure")
+    save_figure(nuisance_figure(an), out.nuisance); steps.update(); steps.close()
     return dict(counts=man["counts"], planted=man["planted"], timing=man["timing"])
 
 def _label_tables(cfg: Config) -> dict[str, Path]:
