@@ -146,18 +146,23 @@ def ablation_run(act_dir: str | Path, store_path: str | Path, out: str | Path, c
         labels = tuple(l for l, k in zip(labels, keep) if k)
         y, m = y[:, keep], m[:, keep]
         return labels, y, None if m.all() else m
+    from tqdm.auto import tqdm
+    bar = tqdm(total=6, desc="ablation", unit="choice", disable=not progress)
     units, idx = split(mc.split)
     labels, y, mask = labelled(idx, cfg.metric_labels, policy)
     run_pol = f"uncertain: {policy.uncertain}, blank: {policy.blank}"
     rows = [dict(choice="baseline", setting=f"the run: {len(labels)} labels, {run_pol}, best unit in-sample, "
                  f"SAE normalise={cfg.sae.normalise}, l1={cfg.sae.l1:g}", note="",
                  **headline(units, y, mask, labels, thr, n_boot, seed))]
+    bar.update()
     lp, yp, mp = labelled(idx, cfg.metric_labels, LabelPolicy("published"))
     rows.append(dict(choice="-1 coding", setting="LabelPolicy('published'): uncertain -1 kept as the number -1",
                      note="uncertain labels enter r as negative numbers", **headline(units, yp, mp, lp, thr, n_boot, seed)))
+    bar.update()
     l8, y8, m8 = labelled(idx, LABEL_SETS["paper8"], policy)
     rows.append(dict(choice="8 labels", setting="paper8 label set", note=f"entropy maximum ln {len(l8)} = "
                      f"{np.log(len(l8)):.3f} (not ln {len(labels)})", **headline(units, y8, m8, l8, thr, n_boot, seed)))
+    bar.update()
     sel_name = "valid" if mc.split != "valid" else "train"
     ho = dict(choice="best unit chosen in-sample vs held-out", setting=f"best unit chosen on {sel_name}, measured on {mc.split}")
     if acts.split(sel_name).meta.exists():
@@ -168,6 +173,7 @@ def ablation_run(act_dir: str | Path, store_path: str | Path, out: str | Path, c
                 units, y, mask, labels, (su, ys, None if ms.all() else ms), thr, n_boot, seed)))
         else: rows.append(dict(ho, note=f"not computed: a label is constant on {sel_name}"))
     else: rows.append(dict(ho, note=f"not computed: no activations of {sel_name}"))
+    bar.update()
     xtr, _ = store.split("train")
     codes, pen = published_sae_codes(xtr, units["raw"], cfg.sae, seed, progress)
     rows.append(dict(choice="SAE as published",
@@ -176,9 +182,11 @@ def ablation_run(act_dir: str | Path, store_path: str | Path, out: str | Path, c
                              "resampling every 10 epochs (published rule), no sweep",
                      note=f"same seed and step budget as the run's SAE; {codes.shape[1]} latents",
                      **headline({"raw": units["raw"], "sae": codes}, y, mask, labels, thr, n_boot, seed)))
+    bar.update()
     rows.append(dict(choice="same-split naming", setting="naming.protocol: published vs heldout",
                      note="moves naming accuracy, not the entropy: the score-names stage judges the SAE names on "
                           "their own split too (same-split table)"))
+    bar.update(); bar.close()
     tab = ablation_table(rows)
     out = MetricsFolder(out); out.path.mkdir(parents=True, exist_ok=True)
     write_table(tab[list(ABLATION_COLUMNS)], out.ablation, index=False)

@@ -389,14 +389,14 @@ def ground_truth_table(sae_acts, raw_acts, concepts: Concepts, min_auroc: float 
 # %% ../nbs/52_evaluation.ipynb #29b2cd81
 def plot_entropy_hist(mono: dict, title: str = ""):
     "Histogram of unit entropies for each unit set (units with max |r| above the threshold)."
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt, seaborn as sns
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     k = None
     for (name, m), colour in zip(mono.items(), ("tab:grey", "tab:blue", "tab:orange")):
         k = len(m.labels)
         if len(m.unit_entropy):
-            ax.hist(m.unit_entropy, bins=np.linspace(0, np.log(k), 31), alpha=0.55, density=True, color=colour,
-                    label=f"{name}: {len(m.unit_entropy)} units, mean {m.mean_entropy:.3f}")
+            sns.histplot(m.unit_entropy, bins=np.linspace(0, np.log(k), 31), stat="density", element="step", alpha=0.3,
+                         color=colour, ax=ax, label=f"{name}: {len(m.unit_entropy)} units, mean {m.mean_entropy:.3f}")
     if k: ax.axvline(np.log(k), color="k", ls=":", lw=1, label=f"ln {k} = {np.log(k):.3f}")
     ax.set_xlabel("entropy of |r| over labels (nats; lower = more monosemantic)"); ax.set_ylabel("density")
     ax.set_title(title, fontsize=10); ax.legend(fontsize=8)
@@ -451,7 +451,7 @@ def paper_table(tab: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
                      "r of best unit": fmt_ci(g(r, "mean_best_r"), g(r, "mean_best_r_lo"), g(r, "mean_best_r_hi")),
                      "held-out best: entropy": fmt_ci(g(r, "heldout_mean_best_entropy")),
                      "held-out best: r": fmt_ci(g(r, "heldout_mean_best_r")),
-                     "mean entropy, units with max|r| > thr": fmt_ci(g(r, "mean_entropy"), g(r, "mean_entropy_lo"), g(r, "mean_entropy_hi")),
+                     "mean entropy, units with max abs r > thr": fmt_ci(g(r, "mean_entropy"), g(r, "mean_entropy_lo"), g(r, "mean_entropy_hi")),
                      "units above thr": "n/a" if not np.isfinite(g(r, "entering")) else f"{int(g(r, 'entering'))}",
                      "detector F1 (best per class)": fmt_ci(g(r, "mean_max_f1")),
                      "Monosemanticity Score": fmt_ci(g(r, "ms_mean")),

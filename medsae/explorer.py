@@ -25,7 +25,8 @@ from .metrics import correlations
 
 # %% auto #0
 __all__ = ['OPTIONAL_PARTS', 'DEMO_PLANTED', 'ExplorerError', 'LatentAtlas', 'PanelFigure', 'names_text', 'latent_panel',
-           'pair_stats', 'compare_panel', 'make_demo_run', 'Explorer', 'explore']
+           'pair_stats', 'compare_panel', 'make_demo_run', 'plotly_bundle', 'names_html', 'image_tiles',
+           'histogram_figure', 'correlation_figure', 'Explorer', 'explore']
 
 # %% ../nbs/80_explorer.ipynb #d1052e05
 class ExplorerError(ValueError):
@@ -537,6 +538,107 @@ def make_demo_run(folder: str | Path, n_images: int = 60, n_latents: int = 40, s
         pd.DataFrame(cor).to_csv(run.score_names.correctness, index=False)
     return run.path, root
 
+# %% ../nbs/80_explorer.ipynb #9dfd3067
+def plotly_bundle(fig, title: str = "") -> dict:
+    """A plotly figure as a display bundle: plotly's own JSON (drawn by JupyterLab's plotly extension) and an HTML
+    fallback that draws with a `Plotly` already on the page (the offline HTML renderings load one `plotly.min.js`)."""
+    spec = json.loads(fig.to_json())
+    spec["config"] = {"displaylogo": False, "responsive": True}
+    return {"application/vnd.plotly.v1+json": spec,
+            "text/html": fig.to_html(full_html=False, include_plotlyjs=False, config=spec["config"]),
+            "text/plain": title or (fig.layout.title.text or "plotly figure")}
+
+def _display_output(data: dict) -> dict: return {"output_type": "display_data", "metadata": {}, "data": data}
+
+def names_html(atlas: LatentAtlas, latents: Sequence[int]) -> str:
+    "The names panel of one or more latents: summary line, one row per namer with its scores, best planted concepts."
+    import html
+    e = lambda x: html.escape(str(x))
+    blocks = []
+    for j in latents:
+        df = atlas.names(j)
+        rows = []
+        for _, r in df.iterrows():
+            ok = bool(r.get("ok", True)) and bool(r["concept"])
+            sc = [f"{c} {r[c]:.2f}" for c in df.columns if c.startswith(("accuracy[", "f1[")) and pd.notna(r[c])]
+            truth = ""
+            if "correct" in df.columns and pd.notna(r.get("correct")):
+                truth = ("✓ " if _as_bool(pd.Series([r["correct"]]))[0] else "✗ ") + e(r.get("truth_concept", "?"))
+            rows.append(f"<tr><td>{e(r['namer'])}</td><td>{e(r['concept']) if ok else '<i>(naming failed)</i>'}</td>"
+                        f"<td>{e(', '.join(sc))}</td><td>{truth}</td></tr>")
+        if atlas.names_table is None: rows.append('<tr><td colspan="4"><i>no names: the name stage has not run</i></td></tr>')
+        elif not rows: rows.append('<tr><td colspan="4"><i>this latent was not named</i></td></tr>')
+        ca = atlas.concept_auroc(j)
+        gt = ("<div>ground truth AUROC: " + e(", ".join(f"{c} {a:.2f}" for c, a in ca.head(3).items())) + "</div>"
+              if len(ca) else "")
+        blocks.append(f'<div class="medsae-names-block" data-latent="{int(j)}"><b>{e(_summary(atlas, j))}</b>'
+                      '<table class="medsae-names-table"><thead><tr><th>namer</th><th>name</th><th>judged</th>'
+                      f'<th>planted concept</th></tr></thead><tbody>{"".join(rows)}</tbody></table>{gt}</div>')
+    return (f'<div class="medsae-names" data-latents="{" ".join(str(int(j)) for j in latents)}" '
+            f'style="display:flex;gap:2em;flex-wrap:wrap">{"".join(blocks)}</div>')
+
+def image_tiles(atlas: LatentAtlas, latents: Sequence[int], n: int = 9, dpi: int = 80) -> Figure:
+    "The image panel: per latent, its `n` most active images and a row of its least active (non-zero) ones."
+    cols, rows = _grid(n)
+    fig = PanelFigure(figsize=(max(4.0, 1.45 * cols) * len(latents) + 0.4 * (len(latents) - 1), 1.45 * (rows + 1) + 0.6),
+                      dpi=dpi)
+    outer = fig.add_gridspec(1, len(latents), left=0.04, right=0.99, top=1 - 0.45 / fig.get_figheight(), bottom=0.02,
+                             wspace=0.12)
+    for side, j in enumerate(latents):
+        g = outer[side].subgridspec(rows + 1, cols, hspace=0.3, wspace=0.06)
+        top, bot = atlas.top_images(j, n), atlas.bottom_images(j, cols)
+        for k in range(n):
+            ax = fig.add_subplot(g[k // cols, k % cols])
+            _tile(ax, atlas, *(top.index[k], top["activation"].iat[k]) if k < len(top) else (None, None))
+            if k == 0: ax.set_ylabel("most active", fontsize=8)
+        for k in range(cols):
+            ax = fig.add_subplot(g[rows, k])
+            _tile(ax, atlas, *(bot.index[k], bot["activation"].iat[k]) if k < len(bot) else (None, None), label="low ")
+            if k == 0: ax.set_ylabel("least active", fontsize=8)
+        ax0 = fig.axes[-(n + cols)]
+        ax0.annotate(f"latent {j}: top images", (0, 1), xytext=(0, 14), xycoords="axes fraction",
+                     textcoords="offset points", fontsize=10, ha="left", va="bottom")
+    return fig
+
+def histogram_figure(atlas: LatentAtlas, latents: Sequence[int]):
+    "The activation histogram (non-zero activations, log counts) of one or more latents, as a plotly figure."
+    import plotly.graph_objects as go
+    fig = go.Figure()
+    for j in latents:
+        _, vals = atlas._column(j)
+        fig.add_trace(go.Histogram(x=vals, name=f"latent {j} ({len(vals)} non-zero)", opacity=0.65, nbinsx=30,
+                                   hovertemplate=f"latent {j}<br>activation %{{x}}<br>%{{y}} images<extra></extra>"))
+    fig.update_layout(title=dict(text=f"activation histogram: {' vs '.join(f'latent {j}' for j in latents)}",
+                                 font_size=13),
+                      barmode="overlay", yaxis_type="log", xaxis_title="activation (non-zero)",
+                      yaxis_title="images (log)", height=300, margin=dict(l=50, r=10, t=40, b=40),
+                      legend=dict(orientation="h", y=-0.25), template="plotly_white")
+    return fig
+
+def correlation_figure(atlas: LatentAtlas, latents: Sequence[int]):
+    "Pearson r of one latent with every label (bars), or of several (a latents x labels heatmap), as a plotly figure."
+    import plotly.graph_objects as go
+    labs = list(atlas.labels)
+    rs = [atlas.label_correlations(j) if labs else pd.Series(dtype=float) for j in latents]
+    what = " vs ".join(f"latent {j}" for j in latents)
+    if len(latents) == 1:
+        r = rs[0].sort_values(na_position="first")
+        v = r.fillna(0).to_numpy()
+        fig = go.Figure(go.Bar(x=v, y=list(r.index), orientation="h", marker_color=["#d62728" if x > 0 else "#1f77b4" for x in v],
+                               customdata=[("n/a" if np.isnan(x) else f"{x:.3f}") for x in r.to_numpy()],
+                               hovertemplate="%{y}: r = %{customdata}<extra></extra>"))
+        fig.update_layout(xaxis_title="Pearson r with label", xaxis_range=[-1, 1] if len(v) and np.abs(v).max() > 0.5 else None)
+    else:
+        z = np.array([r.reindex(labs).to_numpy(dtype=float) for r in rs])
+        fig = go.Figure(go.Heatmap(z=z, x=labs, y=[f"latent {j}" for j in latents], zmin=-1, zmax=1, colorscale="RdBu_r",
+                                   colorbar_title="r", hovertemplate="%{y}, %{x}: r = %{z:.3f}<extra></extra>"))
+        fig.update_yaxes(autorange="reversed")             # the first latent on top, as in the other panels
+        s = pair_stats(atlas, latents[0], latents[1])
+        what += f" (activation r {s['r']:.2f}, both fire on {s['both']})"
+    fig.update_layout(title=dict(text=f"label correlations: {what}", font_size=13), height=max(300, 22 * len(labs) + 80) if len(latents) == 1 else 300,
+                      margin=dict(l=10, r=10, t=40, b=40), template="plotly_white")
+    return fig
+
 # %% ../nbs/80_explorer.ipynb #8a3333eb
 def _png_output(fig: Figure, text: str) -> dict:
     buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=fig.dpi)
@@ -616,10 +718,15 @@ class Explorer:
             self.out.outputs = (_text_output(f"no latent matches search {self.search.value!r} and concept "
                                              f"{self.concept.value!r}"),)
             return
-        if self.compare.value and o is not None:
-            self.figure, self.shown = compare_panel(self.atlas, j, o, n=self.n.value), (j, o)
-        else: self.figure, self.shown = latent_panel(self.atlas, j, n=self.n.value), (j,)
-        self.out.outputs = (_png_output(self.figure, f"latents {self.shown}"),)
+        self.shown = (j, o) if self.compare.value and o is not None else (j,)
+        what = " vs ".join(f"latent {u}" for u in self.shown)
+        self.figure = image_tiles(self.atlas, self.shown, n=self.n.value)
+        self.out.outputs = (
+            _display_output({"text/html": names_html(self.atlas, self.shown),
+                             "text/plain": "\n".join(names_text(self.atlas, u) for u in self.shown)}),
+            _png_output(self.figure, f"top images: {what}"),
+            _display_output(plotly_bundle(histogram_figure(self.atlas, self.shown))),
+            _display_output(plotly_bundle(correlation_figure(self.atlas, self.shown))))
 
     def show(self):
         "Display the widget (in a live kernel)."

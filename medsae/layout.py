@@ -117,7 +117,16 @@ class ScoresFolder(Folder):
 class ReportFolder(Folder):
     "The report stage: example panels, the decoder map and the results page."
     files = dict(results="RESULTS.md", results_repo="RESULTS_repo.md", umap="decoder_umap.csv",
-                 umap_figure="decoder_umap.png")
+                 umap_figure="decoder_umap.png", units="units.csv", decoder_map="decoder_map.html",
+                 entropy_r="entropy_r.html", label_heatmap="label_heatmap.html", plotly_js="plotly.min.js")
+    @property
+    def reference(self) -> Path:
+        "The PNGs the repository's results page shows (published as `figures/reference/`)."
+        return self.path / "reference"
+    @property
+    def html(self) -> Path:
+        "The executed pipeline notebooks rendered to HTML."
+        return self.path / "html"
     def panel(self, latent: int) -> Path: return self.path / f"latent_{latent}.png"
     def panels(self) -> list[Path]:
         return sorted(self.path.glob("latent_*.png"), key=lambda p: int(p.stem.split("_")[1]))

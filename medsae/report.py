@@ -6,13 +6,16 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['PAPER', 'decoder_umap', 'latent_colours', 'results_page', 'report_stage_run']
+__all__ = ['PAPER', 'REFERENCE', 'decoder_umap', 'latent_colours', 'results_page', 'report_stage_run', 'reference_figures',
+           'page_with_images', 'render_notebooks', 'show_plotly', 'show_figure', 'write_plotly_html', 'unit_table',
+           'run_units', 'entropy_r_figure', 'label_heatmap_figure', 'decoder_map_figure', 'interactive_figures']
 
 # %% ../nbs/70_report.ipynb #694b5ac3
 PAPER = {
@@ -96,13 +99,19 @@ def _setting_lines(cfg, R, emb: dict, sae: dict) -> list[str]:
                  + (f" (and {len(sk) - 20} more, in `{skipped}`)" if len(sk) > 20 else "") + ".")
     return L
 
-def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "") -> str:
+def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "", links: dict | None = None,
+                 html_prefix: str | None = None, notebooks: str | None = None) -> str:
     """The results page (markdown) of a run: the paper's tables and figures beside this run's. `R`: the run's
-    `RunLayout`; `figures`: its `FiguresFolder`; images are linked as prefix + their name in the figures folder."""
+    `RunLayout`; `figures`: its `FiguresFolder`; images are linked as prefix + their name in the figures folder (each
+    name and the file it is a copy of are added to `links`); the interactive pages as `html_prefix` (default `prefix`)
+    + their name; the executed notebooks' HTML renderings as `notebooks` + `<notebook>.html` (None: not linked)."""
     from medsae.layout import sibling
     from medsae.provenance import is_complete, read_provenance
     extra = extra or {}
-    f = lambda stage, path, base=None: f"{prefix}{figures.of(stage, path, base).name}"
+    def f(stage, path, base=None):
+        name = figures.of(stage, path, base).name
+        if links is not None: links[name] = Path(path)
+        return prefix + name
     table = lambda path: _read(sibling(path, ".md"))
     rec = lambda d: read_provenance(d)["record"] if is_complete(d) else {}
     met = json.loads(_read(R.evaluate.summary) or "{}")
@@ -225,6 +234,19 @@ def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "") -
     if sibling(R.encoder.auroc, ".md").exists():
         L += ["Default encoder, zero-shot and linear-probe AUROC per finding on the PhantomCXR test split:", "",
               table(R.encoder.auroc), ""]
+    pages = {"decoder_map": "the decoder-direction map (hover: latent, names, best concept, r, entropy)",
+             "entropy_r": "entropy against r of every SAE latent and raw dimension",
+             "label_heatmap": "the per-label correlation heatmap of the best latents"}
+    made = [k for k in pages if k in extra.get("interactive", ())]
+    if made or notebooks is not None:
+        L += ["## Interactive figures and executed notebooks", ""]
+        hp = prefix if html_prefix is None else html_prefix
+        L += [f"- [{pages[k]}]({hp}{figures.of('report', getattr(R.report, k)).name}) (plotly, offline)" for k in made]
+        if notebooks is not None and extra.get("notebooks"):
+            L += ["- the pipeline notebooks as executed for this run, rendered to HTML (by `medsae pipeline` and `make "
+                  "reproduce`; `medsae reproduce` runs without Jupyter and renders none): "
+                  + ", ".join(f"[{n}]({notebooks}{n}.html)" for n in extra["notebooks"])]
+        L.append("")
     return "\n".join(L) + "\n"
 
 # %% ../nbs/70_report.ipynb #3879234e
@@ -238,8 +260,11 @@ def report_stage_run(cfg, run, figures, out: str | Path, image_root: str | Path 
     from medsae.data import save_figure
     from medsae.layout import ReportFolder
     from medsae.provenance import atomic_write_text
+    from medsae.provenance import repo_root
+    from tqdm.auto import tqdm
     out = ReportFolder(out); out.path.mkdir(parents=True, exist_ok=True)
     extra, summary = {}, {}
+    bar = tqdm(total=n_panels + 3, desc="report", unit="step")
     if run.score_names.scores.exists():
         sc = pd.read_csv(run.score_names.scores, keep_default_na=False)
         best = (sc[sc.unit_kind == "sae"].sort_values(["accuracy", "f1"], ascending=False)
@@ -251,7 +276,7 @@ def report_stage_run(cfg, run, figures, out: str | Path, image_root: str | Path 
             extra["panels"] = []
             for j in best.unit.head(n_panels):
                 save_figure(latent_panel(atlas, int(j)), out.panel(int(j)))
-                extra["panels"].append((int(j), out.panel(int(j))))
+                extra["panels"].append((int(j), out.panel(int(j)))); bar.update()
         except ImportError as e: summary["panels"] = f"not drawn: {e}"
     sae = ExportedSAE.load(run.sae.saelens)
     dirs = sae.directions()
@@ -268,14 +293,253 @@ def report_stage_run(cfg, run, figures, out: str | Path, image_root: str | Path 
         has = alive[colour.iloc[alive].to_numpy() != "none"][:max_umap]
         rest = np.setdiff1d(alive, has)
         alive = np.sort(np.concatenate([has, np.random.default_rng(cfg.run.seed).choice(rest, max_umap - len(has), replace=False)]))
+    bar.n = n_panels; bar.set_postfix_str("decoder UMAP"); bar.refresh()
     if len(alive) >= 20:
         fig, xy = decoder_umap(dirs[alive], colour.iloc[alive].reset_index(drop=True), cfg.run.seed)
         fig.axes[0].set_title(f"decoder directions of {len(alive)} latents active on the {cfg.metrics.split} split", fontsize=10)
         save_figure(fig, out.umap_figure)
         pd.DataFrame({"latent": alive, "x": xy[:, 0], "y": xy[:, 1], "concept": colour.iloc[alive].to_numpy()}).to_csv(out.umap, index=False)
         extra["umap"] = how
-    page = results_page(cfg, run, figures, extra)
+    bar.update(); bar.set_postfix_str("interactive figures")
+    extra["interactive"] = list(interactive_figures(cfg, run, out))
+    bar.update(); bar.set_postfix_str("results pages")
+    extra["notebooks"] = [p.stem for p in sorted((repo_root() / "nbs" / "_pipeline").glob("[0-9][0-9]_*.ipynb"))]
+    rel = lambda p, start: Path(os.path.relpath(Path(p).resolve(), Path(start).resolve())).as_posix() + "/"
+    page = results_page(cfg, run, figures, extra, notebooks=rel(run.report.html, figures.path))
     atomic_write_text(out.results, page)
-    atomic_write_text(out.results_repo, results_page(cfg, run, figures, extra, prefix="figures/"))
-    summary.update(panels=[j for j, _ in extra.get("panels", [])], umap_latents=int(len(alive)), page_chars=len(page))
+    links = {}
+    home = repo_root().resolve()
+    html = Path(run.report.html).resolve()
+    repo_page = results_page(cfg, run, figures, extra, prefix=REFERENCE + "/", links=links, html_prefix="figures/",
+                             notebooks=rel(html, home) if html.is_relative_to(home) else html.as_posix() + "/")
+    atomic_write_text(out.results_repo, repo_page)
+    final = Path(run.report.path)                 # this stage's own files are still in its partial folder
+    reference_figures({k: (out.path / v.relative_to(final) if v.is_relative_to(final) else v) for k, v in links.items()},
+                      out.reference)
+    bar.update(); bar.close()
+    summary.update(panels=[j for j, _ in extra.get("panels", [])], umap_latents=int(len(alive)), page_chars=len(page),
+                   interactive=extra["interactive"], reference_figures=len(links))
     return summary
+
+# %% ../nbs/70_report.ipynb #3b9aedd9
+REFERENCE = "figures/reference"
+"Where the repository keeps the reference run's figures that its RESULTS.md shows (relative to the repository root)."
+
+def reference_figures(links: dict, folder: str | Path, max_width: int = 1400) -> list[Path]:
+    "Copy the PNGs a page shows (`links`: name -> file) into `folder`, narrowed to `max_width` px; clears stale ones."
+    from PIL import Image
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):
+        if old.name not in links: old.unlink()
+    out = []
+    for name, src in sorted(links.items()):
+        if not Path(src).exists() or Path(src).suffix != ".png": continue
+        im = Image.open(src)
+        if im.width > max_width: im = im.resize((max_width, round(im.height * max_width / im.width)), Image.LANCZOS)
+        im.save(folder / name, optimize=True)
+        out.append(folder / name)
+    return out
+
+def page_with_images(page: str | Path, images: str | Path):
+    "A markdown page for a notebook, its images (linked by name in the folder `images`) embedded as data URIs."
+    import base64, re
+    from IPython.display import Markdown
+    def embed(m):
+        p = Path(images) / m.group(2)
+        if not p.is_file() or p.suffix.lower() not in (".png", ".svg"): return m.group(0)
+        mime = "image/png" if p.suffix.lower() == ".png" else "image/svg+xml"
+        return f"![{m.group(1)}](data:{mime};base64,{base64.b64encode(p.read_bytes()).decode('ascii')})"
+    return Markdown(re.sub(r"!\[([^\]]*)\]\(([^)\s]+)\)", embed, Path(page).read_text()))
+
+def _widget_text(state: dict, model_id: str) -> str:
+    "The text a saved widget last showed (a tqdm bar: description, bar, counts and rate), from the widget state."
+    import html as H, re
+    st = state.get(model_id, {}).get("state", {})
+    kind = st.get("_model_name", "")
+    if "children" in st:
+        return " ".join(t for t in (_widget_text(state, c.replace("IPY_MODEL_", "")) for c in st["children"]) if t)
+    if kind in ("HTMLModel", "LabelModel", "HTMLMathModel"): return H.unescape(re.sub(r"<[^>]+>", "", str(st.get("value", "")))).strip()
+    if kind in ("FloatProgressModel", "IntProgressModel") and st.get("max"):
+        k = round(20 * min(1.0, float(st.get("value", 0)) / float(st["max"])))
+        return "|" + "█" * k + " " * (20 - k) + "|"
+    return ""
+
+def render_notebooks(notebooks, out_dir: str | Path) -> list[Path]:
+    "Offline HTML renderings of executed notebooks into `out_dir` (one `<stem>.html` each, `plotly.min.js` beside them)."
+    import re
+    import nbformat
+    from nbconvert import HTMLExporter
+    from plotly.offline import get_plotlyjs
+    from medsae.provenance import atomic_write_text
+    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    js = out / "plotly.min.js"
+    if not js.exists(): atomic_write_text(js, get_plotlyjs())
+    exporter = HTMLExporter(template_name="lab")
+    done = []
+    for p in notebooks:
+        nb = nbformat.read(p, as_version=4)
+        state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+        for cell in nb.cells:
+            for o in cell.get("outputs", []):
+                view = o.get("data", {}).get("application/vnd.jupyter.widget-view+json")
+                if view is not None:
+                    text = _widget_text(state, view.get("model_id", "")) or o["data"].get("text/plain", "")
+                    o["data"] = {"text/plain": text or "(a widget: open the notebook in JupyterLab)"}
+        nb.metadata.pop("widgets", None)
+        body, _ = exporter.from_notebook_node(nb)
+        body = re.sub(r'<script[^>]*\ssrc="https?://[^"]*"[^>]*>\s*</script>', "", body)
+        body = re.sub(r'<link[^>]*\shref="https?://[^"]*"[^>]*>', "", body)
+        body = body.replace("</head>", '<script src="plotly.min.js"></script>\n</head>', 1)
+        dest = out / f"{Path(p).stem}.html"
+        atomic_write_text(dest, body)
+        done.append(dest)
+    return done
+
+# %% ../nbs/70_report.ipynb #af2c7d94
+def show_plotly(fig):
+    "Display a plotly figure in a notebook: plotly's JSON for JupyterLab, HTML for a rendered page."
+    from IPython.display import display
+    from medsae.explorer import plotly_bundle
+    display(plotly_bundle(fig), raw=True)
+
+def show_figure(fig, dpi: int = 110):
+    "Display a matplotlib figure as a PNG whatever the backend (the pipeline runs with `MPLBACKEND=Agg`), and close it."
+    import io
+    import matplotlib.pyplot as plt
+    from IPython.display import Image, display
+    buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight"); plt.close(fig)
+    display(Image(buf.getvalue()))
+
+def write_plotly_html(fig, path: str | Path) -> Path:
+    "A standalone, offline HTML page of a plotly figure; `plotly.min.js` is written once beside it."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(path, include_plotlyjs="directory", full_html=True, config={"displaylogo": False})
+    return path
+
+def unit_table(codes, emb: np.ndarray, y: np.ndarray, mask: np.ndarray | None, labels, names: pd.DataFrame | None = None,
+               concept_auroc: np.ndarray | None = None, concepts=None) -> tuple[pd.DataFrame, np.ndarray]:
+    """One row per SAE latent (`kind` sae) and raw dimension (`kind` raw): `best_label` and its `r`, `max_abs_r`, the
+    `entropy` of |r| over labels, the fraction of images it is non-zero on (`active`), its `names` and its best planted
+    concept with that AUROC (SAE latents). Returns the table and the SAE latents' r matrix (latents x labels)."""
+    import scipy.sparse as sp
+    from medsae.metrics import correlations, entropy
+    labels, parts, r_sae = list(labels), [], None
+    for kind, acts in (("sae", codes), ("raw", emb)):
+        r = correlations(acts, y, labels, mask).r
+        if kind == "sae": r_sae = r
+        rr = np.where(np.isnan(r), -np.inf, r)
+        best = rr.argmax(1)
+        with np.errstate(invalid="ignore"):
+            mx = np.where(np.isnan(r).all(1), np.nan, np.nanmax(np.where(np.isnan(r), -1, np.abs(r)), 1))
+        nz = np.diff(sp.csc_matrix(acts).indptr) if sp.issparse(acts) else (np.asarray(acts) != 0).sum(0)
+        df = pd.DataFrame({"kind": kind, "unit": np.arange(r.shape[0]),
+                           "best_label": np.where(np.isnan(r).all(1), "", np.array(labels, dtype=object)[best]),
+                           "r": np.where(np.isnan(r).all(1), np.nan, r[np.arange(len(r)), best]), "max_abs_r": mx,
+                           "entropy": entropy(np.nan_to_num(r)) if len(r) else [], "active": nz / max(acts.shape[0], 1)})
+        df.loc[np.isnan(r).all(1), "entropy"] = np.nan
+        if names is not None and len(names):
+            n = names[(names["unit_kind"] == kind) & names["concept"].fillna("").astype(str).ne("")]
+            joined = n.groupby("unit").apply(lambda g: "; ".join(f"{a}: {b}" for a, b in zip(g["namer"], g["concept"])),
+                                             include_groups=False)
+            df["names"] = df["unit"].map(joined).fillna("")
+        else: df["names"] = ""
+        if kind == "sae" and concept_auroc is not None:
+            a = np.asarray(concept_auroc, dtype=np.float64)
+            k = np.nan_to_num(a, nan=-1).argmax(1)
+            df["concept"], df["concept_auroc"] = np.array(concepts, dtype=object)[k], a[np.arange(len(a)), k]
+        parts.append(df)
+    return pd.concat(parts, ignore_index=True), r_sae
+
+def run_units(cfg, run, names: bool = True) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
+    """`unit_table` of a run (`RunLayout`) on its metric split, with the evaluate stage's labels, policy and subset;
+    `names`: join the name stage's names (off where that stage may be older than the evaluate stage)."""
+    from medsae.activations import load_activations
+    from medsae.data import LabelPolicy, balanced_subset, label_matrix
+    from medsae.extract import EmbeddingStore
+    met = json.loads(_read(run.evaluate.summary) or "{}")
+    labels = met.get("labels") or list(cfg.metric_labels)
+    policy = LabelPolicy(cfg.data.uncertain, cfg.data.blank)
+    codes, idx, _ = load_activations(run.activations.split(cfg.metrics.split))
+    x, _ = EmbeddingStore(run.extract.store).split(cfg.metrics.split)
+    if cfg.metrics.subset_per_class:                  # the paper's balanced subset, as the evaluate stage draws it
+        sub = balanced_subset(idx, labels, cfg.metrics.subset_per_class, policy, cfg.run.seed, cfg.data.subset_order)
+        keep = np.flatnonzero(idx.index.isin(sub.index))
+        codes, x, idx = codes[keep], x[keep], idx.iloc[keep].reset_index(drop=True)
+    y, m = label_matrix(idx, labels, policy)
+    names = pd.read_csv(run.name_stage.names, keep_default_na=False) if names and run.name_stage.names.exists() else None
+    auc = np.load(run.evaluate.concept_auroc) if run.evaluate.concept_auroc.exists() else None
+    concepts = json.loads(run.evaluate.concepts.read_text())["names"] if auc is not None else None
+    units, r = unit_table(codes, x, y, None if m.all() else m, labels, names, auc, concepts)
+    return units, r, list(labels)
+
+def _hover(df: pd.DataFrame) -> list[str]:
+    "Hover text of unit rows: identity, names, best concept, best label and r, entropy."
+    out = []
+    for t in df.itertuples():
+        s = f"<b>{'latent' if t.kind == 'sae' else 'raw dim'} {t.unit}</b>"
+        if isinstance(getattr(t, "names", None), str) and t.names: s += "<br>" + "<br>".join(t.names.split("; ")[:3])
+        if isinstance(getattr(t, "concept", None), str): s += f"<br>best concept: {t.concept} (AUROC {t.concept_auroc:.2f})"
+        s += f"<br>best label: {t.best_label} (r {t.r:.3f})<br>entropy {t.entropy:.3f}, active on {t.active:.1%}"
+        out.append(s)
+    return out
+
+def entropy_r_figure(units: pd.DataFrame, threshold: float = 0.2, title: str = ""):
+    "Entropy of |r| over labels against max |r|, every SAE latent and raw dimension (plotly); the entry threshold dotted."
+    import plotly.graph_objects as go
+    fig = go.Figure()
+    for kind, name, colour in (("raw", "raw dimensions", "#7f7f7f"), ("sae", "SAE latents", "#1f77b4")):
+        d = units[(units["kind"] == kind) & units["entropy"].notna()]
+        fig.add_trace(go.Scatter(x=d["max_abs_r"], y=d["entropy"], mode="markers", name=f"{name} ({len(d)})",
+                                 marker=dict(size=5, color=colour, opacity=0.6), text=_hover(d),
+                                 hovertemplate="%{text}<extra></extra>"))
+    fig.add_vline(x=threshold, line_dash="dot", annotation_text=f"|r| = {threshold}", annotation_position="top")
+    fig.update_layout(title=title or "every unit: entropy of |r| over labels against its largest |r|",
+                      xaxis_title="max |r| with a label", yaxis_title="entropy of |r| over labels (nats)",
+                      template="plotly_white", height=520, legend=dict(orientation="h", y=-0.15))
+    return fig
+
+def label_heatmap_figure(r: np.ndarray, best_units: pd.DataFrame, labels, title: str = ""):
+    "Pearson r of each label's best SAE latent (rows; `best_units` from the evaluate stage) with every label (plotly)."
+    import plotly.graph_objects as go
+    labels = list(labels)
+    b = best_units.dropna(subset=["sae_unit"])
+    b = b[b["sae_unit"].astype(int) >= 0]
+    units = list(dict.fromkeys(int(u) for u in b["sae_unit"]))
+    why = {u: ", ".join(b.loc[b["sae_unit"].astype(int) == u, "label"]) for u in units}
+    ys = [f"latent {u} ({why[u]})" for u in units]
+    fig = go.Figure(go.Heatmap(z=r[units], x=labels, y=ys, zmin=-1, zmax=1, colorscale="RdBu_r", colorbar_title="r",
+                               text=np.round(r[units], 2), texttemplate="%{text}" if len(labels) <= 16 else None,
+                               hovertemplate="%{y}<br>%{x}: r = %{z:.3f}<extra></extra>"))
+    fig.update_layout(title=title or "best SAE latent of each label: correlation with every label",
+                      template="plotly_white", height=160 + 28 * len(units), yaxis_autorange="reversed",
+                      margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+def decoder_map_figure(umap: pd.DataFrame, units: pd.DataFrame, title: str = ""):
+    "The decoder-direction map (`decoder_umap.csv`: latent, x, y, concept) with every latent's identity on hover."
+    import plotly.graph_objects as go
+    sae = units[units["kind"] == "sae"].set_index("unit")
+    d = umap.rename(columns={"latent": "unit", "concept": "colour"}).join(sae, on="unit")
+    d["colour"] = d["colour"].fillna("none").astype(str)
+    fig = go.Figure()
+    for c in ["none"] + [c for c in d["colour"].value_counts().index if c != "none"]:
+        g = d[d["colour"] == c]
+        if not len(g): continue
+        fig.add_trace(go.Scatter(x=g["x"], y=g["y"], mode="markers", name=f"{c} ({len(g)})", text=_hover(g),
+                                 hovertemplate="%{text}<extra></extra>",
+                                 marker=dict(size=4 if c == "none" else 7, color="#d0d0d0" if c == "none" else None)))
+    fig.update_layout(title=title or f"decoder directions of {len(d)} latents (UMAP, cosine)", template="plotly_white",
+                      height=620, xaxis=dict(showticklabels=False, title=""), yaxis=dict(showticklabels=False, title=""))
+    return fig
+
+def interactive_figures(cfg, run, out) -> dict[str, Path]:
+    "The report's interactive figures of a run, written as offline HTML pages into `out` (a `ReportFolder`)."
+    units, r, labels = run_units(cfg, run)
+    units.round(5).to_csv(out.units, index=False)
+    made = {"entropy_r": write_plotly_html(entropy_r_figure(units, cfg.metrics.entropy_threshold), out.entropy_r)}
+    if run.evaluate.best_units.exists():
+        made["label_heatmap"] = write_plotly_html(label_heatmap_figure(r, pd.read_csv(run.evaluate.best_units), labels),
+                                                  out.label_heatmap)
+    if out.umap.exists():
+        made["decoder_map"] = write_plotly_html(decoder_map_figure(pd.read_csv(out.umap), units), out.decoder_map)
+    return made

@@ -117,11 +117,14 @@ def _phantom(p, run) -> dict:
     from medsae.layout import DatasetFolder
     from medsae.phantom import Anatomy
     from medsae.phantomcxr import findings_figure, generate_phantom, nuisance_figure
-    an = Anatomy.build(p.cfg.phantom.size)
+    from tqdm.auto import tqdm
+    steps = tqdm(total=4, desc="phantom", unit="step", postfix="anatomy projections")
+    an = Anatomy.build(p.cfg.phantom.size); steps.update(); steps.set_postfix_str("radiographs")
     man = generate_phantom(run.path, p.cfg.phantom, p.cfg.run.seed, label_policy(p.cfg), anatomy=an)
     out = DatasetFolder(run.path)
-    save_figure(findings_figure(an), out.findings)
-    save_figure(nuisance_figure(an), out.nuisance)
+    steps.update(); steps.set_postfix_str("findings figure")
+    save_figure(findings_figure(an), out.findings); steps.update(); steps.set_postfix_str("nuisance figure")
+    save_figure(nuisance_figure(an), out.nuisance); steps.update(); steps.close()
     return dict(counts=man["counts"], planted=man["planted"], timing=man["timing"])
 
 def _label_tables(cfg: Config) -> dict[str, Path]:
@@ -135,8 +138,9 @@ def _label_tables(cfg: Config) -> dict[str, Path]:
 def _labels(p, run) -> dict:
     from medsae import data as D
     from medsae.layout import LabelsRoot
+    from tqdm.auto import tqdm
     cfg, rec = p.cfg, {}
-    for name, table in _label_tables(cfg).items():
+    for name, table in tqdm(_label_tables(cfg).items(), desc="label tables", unit="table"):
         n = cfg.data.subset_per_class if name == "chexpert" else min(cfg.data.subset_per_class, 50)
         df = D.read_chexpert_csv(table, cfg.label_names)
         rec[name] = D.chexpert_label_stage(df, LabelsRoot(run.path).table(name), cfg.label_names, label_policy(cfg),
@@ -178,7 +182,7 @@ def _evaluate(p, run) -> dict:
                                    subset_order=cfg.data.subset_order)
     if cfg.metrics.ablation:
         from medsae.ablation import ablation_run
-        tab = ablation_run(p.layout.activations, p.layout.extract.store, run.path, cfg, cfg.run.seed)
+        tab = ablation_run(p.layout.activations, p.layout.extract.store, run.path, cfg, cfg.run.seed, progress=True)
         summary["ablation"] = {r["choice"]: r["SAE - raw [lo, hi]"] for r in tab.to_dict("records")}
     return summary
 
@@ -288,7 +292,10 @@ STAGES: tuple[Stage, ...] = (
           _score_names, lambda L: [L.score_names.summary, L.score_names.correctness, L.score_names.scores,
                                    L.score_names.figure, L.score_names.same_split]),
     Stage("report", "example panels, the decoder map and the results page", ("sae", "evaluate", "name", "score-names"),
-          ("run",), _report, lambda L: [L.report.umap_figure, *L.report.panels(), (L.report.results, "RESULTS.md")]),
+          ("run",), _report, lambda L: [L.report.umap_figure, *L.report.panels(), (L.report.results, "RESULTS.md"),
+                                        L.report.decoder_map, L.report.entropy_r, L.report.label_heatmap,
+                                        (L.report.plotly_js, "plotly.min.js"), (L.report.results_repo, "RESULTS_repo.md"),
+                                        *[(f, f"reference/{f.name}") for f in sorted(Path(L.report.reference).glob("*.png"))]]),
 )
 "Every step of a run, in order."
 
@@ -370,12 +377,16 @@ class Pipeline:
         else:
             self.log(f"[{name}] {st.title}" + ("" if why == ["missing"] else f" (again: {'; '.join(why)})"))
             depends = self.depends(name)
+            import time
+            t0 = time.time()
             with stage_run(self.cfg, str(Path(self.layout.stage(name)).relative_to(self.layout.path)),
                            argv=self.argv) as run:
                 run.record.update(st.work(self, run) or {})
                 run.record.update(cache_key=self.key(name), depends=depends)
         self.done[name] = Path(self.layout.stage(name))
         self.publish(name)
+        if why: self.log(f"[{name}] done in {time.time() - t0:.1f} s -> {self.done[name]} "
+                         f"(tables and figures: {Path(self.figures).resolve()})")
         return self.done[name]
 
     def publish(self, name: str) -> list[Path]:
@@ -388,6 +399,7 @@ class Pipeline:
             for q in (Path(f), sibling(f, {".csv": ".md", ".png": ".svg"}.get(Path(f).suffix, Path(f).suffix))):
                 if q.exists() and q not in out:
                     d = self.figures / dest if dest and q == Path(f) else self.figures.of(name, q, base)
+                    d.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(q, d); out.append(q)
         return out
 
@@ -477,4 +489,8 @@ def run_notebooks(config: str | None, overrides: list[str], figures: str = "figu
                                f"the traceback, is {out / nb.name})") from None
         log(f"[pipeline] {nb.name} done in {time.time() - t0:.1f} s -> {out / nb.name}")
         done.append(out / nb.name)
+    if done:                                   # the executed notebooks as offline HTML, linked from the results page
+        from medsae.report import render_notebooks
+        html = render_notebooks(done, RunLayout(cfg.run_dir).report.html)
+        log(f"[pipeline] {len(html)} notebooks rendered to HTML -> {html[0].parent}")
     return done

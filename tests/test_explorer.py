@@ -14,8 +14,18 @@ from medsae.activations import save_activations
 from medsae.layout import RunLayout
 from medsae.config import CHEXPERT_LABELS
 from medsae.data import LabelPolicy, label_matrix
-from medsae.explorer import (Explorer, ExplorerError, LatentAtlas, compare_panel, explore, latent_panel, names_text,
-                             pair_stats)
+from medsae.explorer import (Explorer, ExplorerError, LatentAtlas, compare_panel, correlation_figure, explore,
+                             histogram_figure, image_tiles, latent_panel, names_html, names_text, pair_stats,
+                             plotly_bundle)
+
+PLOTLY = "application/vnd.plotly.v1+json"
+
+
+def _panels(ex):
+    "The four panels of the explorer's output area: names (HTML), tiles (PNG), histogram and correlations (plotly)."
+    outs = ex.out.outputs
+    assert [next(iter(o["data"])) for o in outs] == ["text/html", "image/png", PLOTLY, PLOTLY]
+    return outs[0]["data"]["text/html"], outs[1]["data"]["image/png"], outs[2]["data"][PLOTLY], outs[3]["data"][PLOTLY]
 
 N, M = 60, 40
 LABS = list(CHEXPERT_LABELS)
@@ -230,14 +240,18 @@ def test_compare_panel(atlas):
 
 def test_explorer_drives_headlessly(atlas):
     ex = Explorer(atlas, n=4)
-    assert ex.shown == (0,) and len(ex.out.outputs) == 1 and "image/png" in ex.out.outputs[0]["data"]
+    names, png, hist, corr = _panels(ex)
+    assert ex.shown == (0,) and 'data-latents="0"' in names and "latent 0" in corr["layout"]["title"]["text"]
     assert ex.widget.children and ex.other.disabled
     all_opts = [v for _, v in ex.latent.options]
     assert all_opts == list(atlas.alive())
     ex.search.value = "edema"
     assert [v for _, v in ex.latent.options] == [0, 8, 9, 12] and ex.shown == (0,)
     ex.latent.value = 12
-    assert ex.shown == (12,) and len(ex.out.outputs) == 1
+    names, png12, hist, corr = _panels(ex)
+    assert ex.shown == (12,) and 'data-latents="12"' in names and "Pulmonary EDEMA pattern" in names
+    assert "latent 12" in hist["layout"]["title"]["text"] and "latent 12" in corr["layout"]["title"]["text"]
+    assert png12 != png
     first = ex.out.outputs
     ex.n.value = 9                                                    # the slider re-renders
     assert ex.out.outputs is not first and ex.shown == (12,)
@@ -247,6 +261,9 @@ def test_explorer_drives_headlessly(atlas):
     assert len(ex.shown) == 2 and ex.shown[0] == 0 and ex.shown[1] != 0 and not ex.other.disabled
     ex.other.value = 9
     assert ex.shown == (0, 9)
+    names, _, hist, corr = _panels(ex)
+    assert 'data-latents="0 9"' in names and len(hist["data"]) == 2
+    assert corr["data"][0]["type"] == "heatmap" and corr["data"][0]["y"] == ["latent 0", "latent 9"]
     ex.compare.value = False
     assert ex.shown == (0,)
     ex.search.value = "zebra"
@@ -269,7 +286,8 @@ def test_missing_naming_still_works(tmp_path):
     assert at.search("edema") == [0, 8, 9]                           # ground truth still searchable
     assert len(latent_panel(at, 0, n=4).axes) == 4 + 2 + 3
     ex = Explorer(at, n=4)
-    assert ex.shown == (0,) and len(ex.out.outputs) == 1 and "name/" in ex.info.value
+    assert ex.shown == (0,) and len(ex.out.outputs) == 4 and "name/" in ex.info.value
+    assert "the name stage has not run" in ex.out.outputs[0]["data"]["text/html"]
     ex.latent.value = 3
     assert ex.shown == (3,)
 
@@ -301,3 +319,41 @@ def test_panels_show_as_png_and_explore_is_static_outside_a_kernel(atlas, run):
     assert not _live_kernel()                                         # pytest: no kernel, so explore() goes static
     ex = explore(run[0], run[1], n=1, k=1)
     assert isinstance(ex, Explorer) and ex.shown == (0,)
+
+
+def test_live_panels_against_numpy(atlas, run):
+    "The interactive panels show the same numbers as the atlas and numpy: histogram values, r per label, names."
+    dense, vals = run[2], run[3]
+    hist = histogram_figure(atlas, [0])
+    a = dense[:, 0].astype(np.float32)
+    np.testing.assert_allclose(np.sort(np.asarray(hist.data[0].x)), np.sort(a[a > 0]))   # the non-zero activations
+    assert hist.layout.yaxis.type == "log"
+    y, mask = label_matrix(pd.DataFrame(vals, columns=LABS), LABS, POLICY)
+    bars = correlation_figure(atlas, [1])
+    got = dict(zip(bars.data[0].y, bars.data[0].x))
+    for k, lab in enumerate(LABS):
+        m = mask[:, k]
+        want = np.corrcoef(dense[m, 1], y[m, k])[0, 1] if y[m, k].std() > 0 else 0.0
+        assert got[lab] == pytest.approx(np.nan_to_num(want), abs=1e-6), lab
+    assert bars.data[0].y[-1] == "Cardiomegaly"                      # sorted, the planted label on top
+    heat = correlation_figure(atlas, [1, 2])
+    np.testing.assert_allclose(heat.data[0].z[1], atlas.label_correlations(2).reindex(LABS).to_numpy(), atol=1e-6)
+    s = pair_stats(atlas, 1, 2)
+    assert f"activation r {s['r']:.2f}" in heat.layout.title.text
+    html = names_html(atlas, [0, 13])
+    assert 'data-latents="0 13"' in html and "(naming failed)" in html and "✓ Edema" in html and "f1[a] " in html
+    assert "&lt;" in names_html(_with_name(atlas, 5, "<b>bold</b>"), [5])          # names are escaped
+    b = plotly_bundle(heat)
+    import json
+    assert json.loads(json.dumps(b[PLOTLY]))["data"][0]["type"] == "heatmap" and "Plotly.newPlot" in b["text/html"]
+    fig = image_tiles(atlas, [0, 1], n=4)
+    assert sum(bool(ax.images) for ax in fig.axes) >= 2 * 4 and len(fig.axes) == 2 * (4 + 2)
+
+
+def _with_name(atlas, unit, name):
+    import copy
+    at = copy.copy(atlas)
+    extra = dict(unit_kind="sae", unit=unit, namer="medgemma", concept=name, description="", ok=True)
+    at.names_table = pd.concat([atlas.names_table[atlas.names_table.unit != unit], pd.DataFrame([extra])], ignore_index=True)
+    at._text = None
+    return at

@@ -64,6 +64,8 @@ def test_reproduce_default(tmp_path):
     assert "PhantomCXR" in page and "NOT CheXpert" in page
     for link in [l.split("](", 1)[1].split(")")[0] for l in page.splitlines() if l.startswith("![")]:
         assert (figures / link).exists(), link                 # every image the page shows is in the figures folder
+    from test_browser import check_published_pages        # the repository page, interactive pages, HTML notebooks
+    check_published_pages(run, figures.path)
     (figures / "phantom_findings.png").unlink()
     again = run_cli("reproduce", *args).stdout          # `medsae reproduce`, unchanged config: every stage is reused
     for st in STAGES: assert f"[{st.name}] up to date" in again, st.name
