@@ -204,7 +204,9 @@ def _name(p, run) -> dict:
     import pandas as pd
     from medsae.activations import ExportedSAE
     from medsae.naming import naming_stage_run
+    from medsae.naming import NameCache
     cfg, L, root = p.cfg, p.layout, data_root(p.cfg)
+    NameCache(L.cache.names)                     # a damaged answer cache fails here, before the encoder is loaded
     enc = run_encoder(cfg) if "vocabulary" in cfg.naming.namers else None
     return naming_stage_run(L.activations, root, run.path, cfg.naming, cfg.metric_labels, label_policy(cfg),
                             text_encode=(lambda t: enc.encode_texts(t).cpu().numpy()) if enc else None,
@@ -226,7 +228,9 @@ def _judge(cfg: Config, split: str | None = None):
 def _score_names(p, run) -> dict:
     from medsae.naming import naming_split
     from medsae.naming_eval import naming_eval_stage_run
+    from medsae.naming import NameCache
     cfg, L = p.cfg, p.layout
+    NameCache(L.cache.judgements)                # a damaged judgement cache fails before the judge is loaded
     judge, ns = _judge(cfg), naming_split(cfg.naming)
     same = None if ns == cfg.naming.eval_split else (_judge(cfg, ns) if cfg.naming.judge == "text" else judge)
     return naming_eval_stage_run(L.name_stage.names, L.activations, L.extract.store, data_root(cfg), run.path,
