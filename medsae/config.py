@@ -384,8 +384,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         except yaml.YAMLError as e: raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(e)}") from None
         except (UnicodeDecodeError, OSError) as e: raise ConfigError(f"config file {path} cannot be read as text ({e})") from None
         if not isinstance(data, dict): raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    try: merged = apply_overrides(data, overrides)
+    except ConfigError as e: raise ConfigError(f"{e} (in {source})") from None     # e.g. a section of the file is a scalar
     if overrides: source += " with overrides " + " ".join(overrides if isinstance(overrides, list) else map(str, overrides))
-    return config_from_dict(apply_overrides(data, overrides), source)
+    return config_from_dict(merged, source)
 
 def config_to_dict(cfg: Config) -> dict:
     "Plain, YAML-ready dict of a config (paths as strings)."

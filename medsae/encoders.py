@@ -183,7 +183,7 @@ def read_checkpoint(path: str | Path) -> dict:
     except EncoderError: raise
     except Exception as e:                   # each reader fails its own way on a file of another kind
         why = ("holds Python objects besides tensors, which are never loaded from a file (unpickling can run code)"
-               if "Unsupported global" in str(e) else f"cannot be read ({type(e).__name__})")
+               if "Unsupported global" in str(e) else "is not a checkpoint")
         raise EncoderError(f"weights file {path} {why}: expected a MedCLIP release zip holding pytorch_model.bin, "
                            "a pytorch_model.bin, or a .safetensors file") from None
     if not isinstance(sd, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items()):

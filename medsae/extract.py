@@ -48,7 +48,7 @@ class EmbeddingStore:
     "An extraction store: embeddings (memory-mapped), index table, ok mask, metadata."
     def __init__(self, path: str | Path):
         self.path, self.files = Path(path), StoreFolder(path)
-        if not self.files.meta.exists(): raise StoreError(f"{self.path} holds no embedding store")
+        if not self.files.meta.exists(): raise StoreError(f"{self.path} holds no embedding store (no {self.files.meta.name})")
         try: self.meta = json.loads(self.files.meta.read_text())
         except (ValueError, OSError) as e: self._damaged(self.files.meta, f"not readable JSON ({e})")
         if not isinstance(self.meta, dict) or not all(isinstance(self.meta.get(k), int) and self.meta[k] >= 0

@@ -249,7 +249,10 @@ def _extract_external(p) -> dict:
     "Hashes of what extraction reads from outside the run: the weights file, a CheXpert copy's tables."
     from medsae.provenance import cached_sha256
     cfg = p.cfg
-    ext = dict(weights=cached_sha256(cfg.encoder.weights) if cfg.encoder.weights is not None else None)
+    w = cfg.encoder.weights
+    if w is not None and not Path(w).is_file():
+        raise ConfigError(f"encoder.weights: {w} {'is not a file' if Path(w).exists() else 'does not exist'}")
+    ext = dict(weights=cached_sha256(w) if w is not None else None)
     if not _renders_phantom(cfg):                     # a dataset on disk: its tables are inputs
         ext["tables"] = {s: cached_sha256(t) for s, t in dataset_tables(cfg).items() if t.is_file()}
     return ext
