@@ -203,8 +203,7 @@ def _meta_table(cfg: Config):
 def _name(p, run) -> dict:
     import pandas as pd
     from medsae.activations import ExportedSAE
-    from medsae.naming import naming_stage_run
-    from medsae.naming import NameCache
+    from medsae.naming import NameCache, naming_stage_run
     cfg, L, root = p.cfg, p.layout, data_root(p.cfg)
     NameCache(L.cache.names)                     # a damaged answer cache fails here, before the encoder is loaded
     enc = run_encoder(cfg) if "vocabulary" in cfg.naming.namers else None
@@ -226,9 +225,8 @@ def _judge(cfg: Config, split: str | None = None):
     return vlm_judge(build_vlm(cfg.naming, cfg.naming.judge), cfg.naming.protocol, cfg.naming.images_per_prompt)
 
 def _score_names(p, run) -> dict:
-    from medsae.naming import naming_split
+    from medsae.naming import NameCache, naming_split
     from medsae.naming_eval import naming_eval_stage_run
-    from medsae.naming import NameCache
     cfg, L = p.cfg, p.layout
     NameCache(L.cache.judgements)                # a damaged judgement cache fails before the judge is loaded
     judge, ns = _judge(cfg), naming_split(cfg.naming)
