@@ -14,7 +14,7 @@ from .config import LABEL_SETS, ConfigError, config_fields, config_to_dict, load
 
 # %% auto #0
 __all__ = ['STAGE_FLAGS', 'ALIASES', 'cmd_stage', 'cmd_reproduce', 'cmd_pipeline', 'cmd_config', 'cmd_assets', 'cmd_doctor',
-           'cmd_data', 'build_parser', 'main']
+           'cmd_data', 'build_parser', 'one_line', 'main']
 
 # %% ../nbs/90_cli.ipynb #d92088f5
 def _add_config_args(p: argparse.ArgumentParser):
@@ -311,13 +311,21 @@ def build_parser() -> argparse.ArgumentParser:
     _data_parser(sub)
     return ap
 
+def one_line(message: str) -> str:
+    "A message on one line: its lines joined (after a colon by a space, else by `; `), surrounding blanks dropped."
+    out = ""
+    for line in (l.strip() for l in str(message).splitlines()):
+        if line: out += (line if not out else (" " if out.endswith(":") else "; ") + line)
+    return out
+
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `medsae` console script: errors are one line on stderr and exit status 2."
+    """Entry point of the `medsae` console script: a bad input (config, table, image, store, weights, cache) is one
+    line on stderr and exit status 2; a failed stage's traceback is in its `<stage>.partial/FAILED`."""
     args = build_parser().parse_args(argv)
     if getattr(args, "strict", None) is not None: args.overrides = [*args.overrides, "data.strict=true"]
     try: return args.func(args) or 0
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"medsae {args.command}: error: {e}", file=sys.stderr)
+    except (ConfigError, ValueError, OSError, RuntimeError) as e:
+        print(f"medsae {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
 
 # %% ../nbs/90_cli.ipynb #0222c8b9

@@ -337,11 +337,20 @@ class ConfigError(ValueError):
     "A configuration that cannot be used; the message names the file and the field."
 
 def _format_validation(err: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration in {source}:"]
+    "One line: the source, then each invalid field with its problem and value, separated by `;`."
+    parts = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
-        lines.append(f"  {loc}: {e['msg']}" + (f" (got {e['input']!r})" if e["type"] != "missing" else ""))
-    return "\n".join(lines)
+        got = repr(e["input"]) if e["type"] != "missing" else ""
+        parts.append(f"{loc}: {e['msg']}" + (f" (got {got[:80]}{'...' if len(got) > 80 else ''})" if got else ""))
+    return f"invalid configuration in {source}: " + "; ".join(parts)
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    "A YAML error in one line: where (1-based line and column) and what."
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    what = " ".join(str(getattr(e, "problem", None) or e).split())
+    return where + what
 
 def parse_override(item: str) -> tuple[list[str], Any]:
     "Split `a.b=value` into its key path and its YAML-parsed value."
@@ -350,7 +359,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key or any(not p for p in key.split(".")): raise ConfigError(f"override {item!r} has an empty key part")
     try: value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e: raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
+    except yaml.YAMLError as e: raise ConfigError(f"override {item!r}: value is not valid YAML ({_yaml_problem(e)})") from None
     return key.split("."), value
 
 def apply_overrides(data: dict, overrides: list[str] | dict | None) -> dict:
@@ -381,11 +390,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         path = Path(path)
         source = str(path)
         if not path.exists(): raise ConfigError(f"config file {path} does not exist")
-        try: data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e: raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if not path.is_file(): raise ConfigError(f"config file {path} is not a file")
+        try: data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e: raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(e)}") from None
+        except (UnicodeDecodeError, OSError) as e: raise ConfigError(f"config file {path} cannot be read as text ({e})") from None
         if not isinstance(data, dict): raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    try: merged = apply_overrides(data, overrides)
+    except ConfigError as e: raise ConfigError(f"{e} (in {source})") from None     # e.g. a section of the file is a scalar
     if overrides: source += " with overrides " + " ".join(overrides if isinstance(overrides, list) else map(str, overrides))
-    return config_from_dict(apply_overrides(data, overrides), source)
+    return config_from_dict(merged, source)
 
 def config_to_dict(cfg: Config) -> dict:
     "Plain, YAML-ready dict of a config (paths as strings)."

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Literal, Sequence
@@ -41,11 +42,24 @@ def read_chexpert_csv(path: str | Path, labels: Sequence[str] | str = CHEXPERT_L
     path = Path(path)
     labels = resolve_labels(labels)
     if not path.exists(): raise DataError(f"{path}: file not found")
+    if not path.is_file(): raise DataError(f"{path}: not a file")
     try: df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as e:
-        raise DataError(f"{path}: cannot be read as CSV ({e})") from None
+    except pd.errors.EmptyDataError: raise DataError(f"{path}: the file is empty (no header, no rows)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: cannot be read as CSV ({' '.join(str(e).split())})") from None
     missing = [c for c in (*META_COLUMNS, *labels) if c not in df.columns]
     if missing: raise DataError(f"{path}: missing column(s) {missing}; found columns {list(df.columns)}")
+    if not len(df): raise DataError(f"{path}: a header and no rows")
+    paths = df["Path"].fillna("").str.strip()
+    bad = (paths == "").to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{path}: line {i + 2}, column 'Path': empty ({int(bad.sum())} such row(s))")
+    dup = paths.duplicated().to_numpy()
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        first = int(np.flatnonzero((paths == paths.iloc[i]).to_numpy())[0])
+        raise DataError(f"{path}: line {i + 2}, column 'Path': {paths.iloc[i]!r} is also on line {first + 2}")
     out = df[list(META_COLUMNS)].copy()
     age = pd.to_numeric(out["Age"].str.strip().replace("", np.nan), errors="coerce")
     bad = age.isna() & (out["Age"].str.strip() != "")

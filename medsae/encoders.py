@@ -161,19 +161,34 @@ def to_official_keys(sd: dict, swin: bool) -> dict:
     return _rename_swin(sd, False) if swin else dict(sd)
 
 def read_checkpoint(path: str | Path) -> dict:
-    "A state dict from an official zip, a `pytorch_model.bin`, or a `.safetensors` file; loaded safely."
+    """A state dict from an official zip, a `pytorch_model.bin`, or a `.safetensors` file; loaded safely. A file that is
+    none of these, or holds anything but tensors, is an `EncoderError` naming it (torch's advice to load with
+    `weights_only=False`, which would run the file's code, is not passed on)."""
     path = Path(path)
     if not path.exists(): raise EncoderError(f"weights file {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    if zipfile.is_zipfile(path) and path.suffix == ".zip":
-        with zipfile.ZipFile(path) as z:
-            names = [n for n in z.namelist() if n.endswith("pytorch_model.bin")]
-            if not names: raise EncoderError(f"{path}: no pytorch_model.bin inside (members: {z.namelist()[:10]})")
-            data = io.BytesIO(z.read(names[0]))
-        return torch.load(data, map_location="cpu", weights_only=True)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    if not path.is_file(): raise EncoderError(f"weights file {path} is not a file")
+    import warnings
+    try:
+        warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)   # torch on a pickle not its own
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            sd = load_file(str(path))
+        elif zipfile.is_zipfile(path) and path.suffix == ".zip":
+            with zipfile.ZipFile(path) as z:
+                names = [n for n in z.namelist() if n.endswith("pytorch_model.bin")]
+                if not names: raise EncoderError(f"{path}: no pytorch_model.bin inside (members: {z.namelist()[:10]})")
+                data = io.BytesIO(z.read(names[0]))
+            sd = torch.load(data, map_location="cpu", weights_only=True)
+        else: sd = torch.load(path, map_location="cpu", weights_only=True)
+    except EncoderError: raise
+    except Exception as e:                   # each reader fails its own way on a file of another kind
+        why = ("holds Python objects besides tensors, which are never loaded from a file (unpickling can run code)"
+               if "Unsupported global" in str(e) else "is not a checkpoint")
+        raise EncoderError(f"weights file {path} {why}: expected a MedCLIP release zip holding pytorch_model.bin, "
+                           "a pytorch_model.bin, or a .safetensors file") from None
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items()):
+        raise EncoderError(f"weights file {path} holds a {type(sd).__name__}, not a state dict (names to tensors)")
+    return sd
 
 # %% ../nbs/20_encoders.ipynb #dfea2dfc
 def load_official_weights(model: MedCLIPModel, path: str | Path) -> dict:
@@ -419,16 +434,22 @@ def save_phantom_encoder(model: MedCLIPModel, path: str | Path, meta: dict) -> P
 
 def load_phantom_encoder(path: str | Path) -> MedCLIPEncoder:
     "The default encoder from its checkpoint (safetensors + json)."
-    from safetensors.torch import load_file
     path = Path(path)
     meta_p = path.with_suffix(".json")
-    if not path.exists() or not meta_p.exists():
-        raise EncoderError(f"{path} (and {meta_p.name}) not found: train it with `medsae encoder`")
-    meta = json.loads(meta_p.read_text())
+    for p in (path, meta_p):
+        if not p.is_file(): raise EncoderError(f"{p} not found (the default encoder is {path.name} and {meta_p.name}): "
+                                               "train it with `medsae encoder`")
+    from pydantic import ValidationError
     from medsae.config import EncoderTrainingConfig
-    cfg = EncoderTrainingConfig(**{k: v for k, v in meta["training"].items() if k in EncoderTrainingConfig.model_fields})
+    try:
+        meta = json.loads(meta_p.read_text())
+        cfg = EncoderTrainingConfig(**{k: v for k, v in meta["training"].items() if k in EncoderTrainingConfig.model_fields})
+    except (ValueError, KeyError, TypeError, AttributeError, ValidationError) as e:
+        raise EncoderError(f"{meta_p}: not the metadata of a default encoder (JSON with its `training` config): "
+                           f"{type(e).__name__}") from None
+    if path.suffix != ".safetensors": raise EncoderError(f"{path}: the default encoder's weights are a .safetensors file")
+    sd = read_checkpoint(path)
     model = build_phantom_model(cfg)
-    sd = load_file(str(path))
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
     shapes = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)

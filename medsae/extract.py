@@ -48,11 +48,53 @@ class EmbeddingStore:
     "An extraction store: embeddings (memory-mapped), index table, ok mask, metadata."
     def __init__(self, path: str | Path):
         self.path, self.files = Path(path), StoreFolder(path)
-        if not self.files.meta.exists(): raise StoreError(f"{self.path} holds no embedding store")
-        self.meta = json.loads(self.files.meta.read_text())
+        if not self.files.meta.exists(): raise StoreError(f"{self.path} holds no embedding store (no {self.files.meta.name})")
+        try: self.meta = json.loads(self.files.meta.read_text())
+        except (ValueError, OSError) as e: self._damaged(self.files.meta, f"not readable JSON ({e})")
+        if not isinstance(self.meta, dict) or not all(isinstance(self.meta.get(k), int) and self.meta[k] >= 0
+                                                       for k in ("rows", "dim")):
+            self._damaged(self.files.meta, "no integer `rows` and `dim`")
+        self._checked = False
 
     @property
     def complete(self) -> bool: return bool(self.meta.get("complete"))
+
+    def _damaged(self, file: Path, why: str):
+        raise StoreError(f"{file}: {why}; the embedding store {self.path} is damaged: remove it (for a run, its "
+                         "extract folder) and extract again")
+
+    def check(self):
+        "A complete store's files agree with store.json: shapes, dtypes, sizes, row counts, the embeddings' sha256."
+        from medsae.provenance import cached_sha256
+        if self._checked: return
+        n, d, f = self.meta["rows"], self.meta["dim"], self.files
+        for p in (f.embeddings, f.ok, f.index):
+            if not p.is_file(): self._damaged(p, "missing")
+        for p, shape, dtype in ((f.embeddings, (n, d), np.float32), (f.ok, (n,), np.bool_)):
+            try:
+                with open(p, "rb") as fh:
+                    version = np.lib.format.read_magic(fh)
+                    hdr = (np.lib.format.read_array_header_1_0(fh) if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0(fh))
+                    offset = fh.tell()
+            except Exception as e: self._damaged(p, f"not a NumPy array file ({type(e).__name__})")
+            if hdr[0] != shape or np.dtype(hdr[2]) != np.dtype(dtype) or hdr[1]:
+                self._damaged(p, f"holds {np.dtype(hdr[2])} {hdr[0]}{' (Fortran order)' if hdr[1] else ''}, store.json "
+                                 f"says {np.dtype(dtype)} {shape}")
+            if p.stat().st_size != offset + int(np.prod(shape)) * np.dtype(dtype).itemsize:
+                self._damaged(p, f"{p.stat().st_size} bytes, expected {offset + int(np.prod(shape)) * np.dtype(dtype).itemsize} "
+                                 "(truncated or padded)")
+        want = self.meta.get("embeddings_sha256")
+        if want and cached_sha256(f.embeddings) != want: self._damaged(f.embeddings, "sha256 differs from store.json's")
+        try: idx = pd.read_csv(f.index)
+        except (ValueError, OSError) as e: self._damaged(f.index, f"not a readable table ({' '.join(str(e).split())})")
+        cols = [c for c in ("row", "Path", "split", "ok") if c not in idx.columns]
+        if cols: self._damaged(f.index, f"missing column(s) {cols}")
+        if len(idx) != n or not (idx["row"].to_numpy() == np.arange(n)).all():
+            self._damaged(f.index, f"{len(idx)} rows numbered {idx['row'].min()}..{idx['row'].max()}, store.json says {n}")
+        if not idx["ok"].isin([True, False]).all() or (idx["ok"].to_numpy(bool) != np.load(f.ok)).any():
+            self._damaged(f.index, "its ok column differs from ok.npy")
+        self._checked = True
 
     def embeddings(self, mmap: bool = True) -> np.ndarray:
         return np.load(self.files.embeddings, mmap_mode="r" if mmap else None)
@@ -64,6 +106,7 @@ class EmbeddingStore:
     def split(self, name: str, only_ok: bool = True) -> tuple[np.ndarray, pd.DataFrame]:
         "Embeddings and index rows of one split (the good rows only, by default)."
         if not self.complete: raise StoreError(f"{self.path} is not complete: run the extraction again to finish it")
+        self.check()
         idx = self.index()
         sel = (idx["split"] == name) & (idx["ok"] if only_ok else True)
         rows = np.flatnonzero(sel.to_numpy())
@@ -73,7 +116,7 @@ class EmbeddingStore:
         return f"EmbeddingStore({self.path}, rows={self.meta['rows']}, dim={self.meta['dim']}, complete={self.complete})"
 
 # %% ../nbs/30_extract.ipynb #52f8d1d9
-def _allocate(path: Path, plan: dict, table: pd.DataFrame, timeout: float = 600):
+def _allocate(path: Path, plan: dict, table: pd.DataFrame, timeout: float = 600, world: int = 1):
     "Create the store's arrays and index once (under a lock); other ranks wait for it."
     path.mkdir(parents=True, exist_ok=True)
     files = StoreFolder(path)
@@ -86,13 +129,16 @@ def _allocate(path: Path, plan: dict, table: pd.DataFrame, timeout: float = 600)
                              "remove it or choose another output folder")
         return
     lock = path / ".allocate.lock"
+    if world == 1: lock.unlink(missing_ok=True)       # no other rank: a lock left by a killed run is stale
     try: fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         t0 = time.time()
         while not meta_p.exists():
-            if time.time() - t0 > timeout: raise StoreError(f"{path}: waited {timeout}s for another rank to allocate")
+            if time.time() - t0 > timeout:
+                raise StoreError(f"{path}: waited {timeout}s for another rank to allocate the store; if no other rank "
+                                 f"is running, {lock} was left by a killed run: remove it")
             time.sleep(0.2)
-        return _allocate(path, plan, table, timeout)
+        return _allocate(path, plan, table, timeout, world)
     os.close(fd)
     try:
         np.lib.format.open_memmap(files.embeddings, mode="w+", dtype=np.float32,
@@ -116,7 +162,7 @@ def extract(enc: Encoder, root: str | Path, out: str | Path, splits: Sequence[st
     out, root = Path(out), Path(root)
     table = dataset_table(root, splits) if table is None else table
     plan = _plan(enc, table, root)
-    _allocate(out, plan, table)
+    _allocate(out, plan, table, world=world)
     n = len(table)
     lo, hi = (n * rank) // world, (n * (rank + 1)) // world
     prog_p = out / f"progress-{rank}-of-{world}.json"
@@ -142,22 +188,39 @@ def extract(enc: Encoder, root: str | Path, out: str | Path, splits: Sequence[st
         buf_rows.clear(); buf_emb.clear()
     autocast = torch.autocast("cuda", dtype=torch.float16) if pin else torch.autocast("cpu", enabled=False)
     row = start
-    for b in dl:
-        nb = len(b["path"]) + len(b["skipped"])
-        if b["image"] is not None:
-            with autocast: e = enc.encode_images(b["image"].to(enc.device, non_blocking=pin)).float().cpu()
-            rows = start + b["index"].numpy()                  # dataset indices count from `start`
-            _check_finite(e, [table["Path"].iloc[r] for r in rows])
-            buf_rows.append(rows); buf_emb.append(e.numpy())
-        skipped += [(int(start + i), p, why) for i, p, why in b["skipped"]]
-        row += nb; seen += nb
-        bar.update(nb); bar.set_postfix(img_s=f"{seen / max(time.time() - t0, 1e-9):.1f}")
-        if (row - lo) % chunk == 0 or row == hi: commit(row)
-    bar.close()
+    try:
+        for b in dl:
+            nb = len(b["path"]) + len(b["skipped"])
+            if b["image"] is not None:
+                with autocast: e = enc.encode_images(b["image"].to(enc.device, non_blocking=pin)).float().cpu()
+                rows = start + b["index"].numpy()                  # dataset indices count from `start`
+                _check_finite(e, [table["Path"].iloc[r] for r in rows])
+                buf_rows.append(rows); buf_emb.append(e.numpy())
+            skipped += [(int(start + i), p, why) for i, p, why in b["skipped"]]
+            row += nb; seen += nb
+            bar.update(nb); bar.set_postfix(img_s=f"{seen / max(time.time() - t0, 1e-9):.1f}")
+            if (row - lo) % chunk == 0 or row == hi: commit(row)
+    except DataError as e: raise DataError(_worker_cause(e)) from None   # --strict in a loading worker: the cause only
+    finally: bar.close()
     if row != hi: raise StoreError(f"{out}: rank {rank} ended at row {row}, expected {hi}")
     del emb, ok
     _finish(out, world)
-    return EmbeddingStore(out)
+    store = EmbeddingStore(out)
+    if store.complete:
+        idx = store.index()
+        for sp, g in idx.groupby("split", sort=False):
+            if not g["ok"].any():
+                raise StoreError(f"none of the {len(g)} images of split {sp!r} under {root} could be read (listed with "
+                                 f"the reasons in {store.files.skipped}): check the data root and the images, then "
+                                 f"remove {out} and extract again")
+    return store
+
+def _worker_cause(e: Exception) -> str:
+    "The message of an error raised in a DataLoader worker, without torch's 'Caught ... in DataLoader worker' wrapping."
+    msg = str(e).strip()
+    if not msg.startswith("Caught ") or "Original Traceback" not in msg: return msg
+    last = msg.splitlines()[-1]
+    return last.split(": ", 1)[1] if ": " in last else last
 
 def _finish(out: Path, world: int):
     "Mark the store complete once every rank's slice is in; write skipped.csv."

@@ -20,9 +20,9 @@ import scipy.sparse as sp
 # %% auto #0
 __all__ = ['PUBLISHED_TOP_K', 'NAMER_SYSTEM', 'NAMER_PROMPT', 'PUBLISHED_NAMER_SYSTEM', 'PUBLISHED_NAMER_PROMPT', 'active_counts',
            'eligible_latents', 'paper_examples', 'published_examples', 'quantile_examples', 'load_gray', 'image_grid',
-           'NamingItem', 'NameResult', 'Namer', 'text_hash', 'item_hash', 'NameCache', 'name_units', 'names_table',
-           'VLMNamer', 'vlm_namer', 'VocabularyNamer', 'attribute_table', 'EnrichmentNamer', 'naming_items',
-           'check_vlm_config', 'naming_split', 'build_vlm', 'naming_stage_run']
+           'NamingItem', 'NameResult', 'Namer', 'text_hash', 'item_hash', 'NameCacheError', 'NameCache', 'name_units',
+           'names_table', 'VLMNamer', 'vlm_namer', 'VocabularyNamer', 'attribute_table', 'EnrichmentNamer',
+           'naming_items', 'check_vlm_config', 'naming_split', 'build_vlm', 'naming_stage_run']
 
 # %% ../nbs/60_naming.ipynb #4cc4bba1
 def active_counts(codes) -> np.ndarray:
@@ -136,22 +136,41 @@ def item_hash(it: NamingItem) -> str:
                      int(it.n_active))
 
 # %% ../nbs/60_naming.ipynb #540bbdd6
+class NameCacheError(ValueError):
+    "An answer cache with a line that is not an answer (not one torn by a crash: that is the last line, and is dropped)."
+
 class NameCache:
     """Append-only JSONL of `NameResult`s keyed by (unit kind, unit, namer, prompt hash, item hash). Each record is flushed and
-    fsynced when written, so a crash loses at most the answer in flight; a torn last line is ignored on reading."""
+    fsynced when written, so a crash loses at most the answer in flight. A torn last line (no newline: the write a
+    crash interrupted) is ignored, and cut off before the next answer is appended, so it never swallows that answer;
+    any other line that is not an answer is a `NameCacheError` naming the file and the line."""
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.records: dict[tuple, NameResult] = {}
+        self._torn = 0                                  # bytes of a torn last line, cut before the next append
         if self.path.exists():
-            for line in self.path.read_text().splitlines():
-                try: r = NameResult(**json.loads(line))
-                except (json.JSONDecodeError, TypeError): continue
-                self.records[r.key] = r
+            try: text = self.path.read_bytes().decode("utf-8")
+            except (OSError, UnicodeDecodeError) as e: raise NameCacheError(f"{self.path}: not a readable text file ({e})") from None
+            lines = text.split("\n")
+            if lines[-1]: self._torn = len(lines[-1].encode())
+            for i, line in enumerate(lines[:-1]):
+                if not line.strip(): continue
+                try:
+                    r = NameResult(**json.loads(line))
+                    key = r.key
+                    if not isinstance(key[0], str) or not isinstance(r.namer, str) or not isinstance(r.concept, str): raise TypeError
+                except (ValueError, TypeError) as e:
+                    raise NameCacheError(f"{self.path}: line {i + 1} is not a naming answer ({type(e).__name__}): remove "
+                                         "the line (or the file) and run again; its unit is asked again") from None
+                self.records[key] = r
 
     def get(self, key: tuple) -> NameResult | None: return self.records.get(key)
 
     def add(self, results: Sequence[NameResult]):
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._torn and self.path.exists():          # the torn tail of a crashed write: cut it, keep whole lines
+            with open(self.path, "r+b") as fh: fh.truncate(self.path.stat().st_size - self._torn)
+            self._torn = 0
         with open(self.path, "a") as fh:
             for r in results:
                 fh.write(json.dumps(asdict(r), default=float) + "\n")

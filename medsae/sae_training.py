@@ -87,18 +87,31 @@ def save_checkpoint(path: Path, sae: SAE, opt: torch.optim.Optimizer, state: dic
 def load_checkpoint(path: Path, sae: SAE, opt: torch.optim.Optimizer) -> tuple[dict, torch.Tensor]:
     from safetensors.torch import load_file
     path = Path(path)
-    sd = load_file(str(path / "sae.safetensors"))
+    def damaged(why: str):
+        return SAETrainingError(f"{path}: {why}; the checkpoint is damaged: remove it to resume from the one before, "
+                                f"or remove {path.parent} to train from the start")
+    try:
+        sd = load_file(str(path / "sae.safetensors"))
+        ot = load_file(str(path / "optimizer.safetensors"))
+        state = json.loads((path / "state.json").read_text())
+    except Exception as e: raise damaged(f"unreadable ({type(e).__name__})") from None   # missing, torn, not safetensors
+    if not isinstance(state, dict) or not {"step", "data_hash", "sae", "log"} <= set(state) or not isinstance(state["step"], int):
+        raise damaged("state.json has no step, data_hash, sae and log")
     own = sae.state_dict()
     bad = [f"{k}: checkpoint {tuple(sd[k].shape)} vs SAE {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
     if bad or set(sd) != set(own):
         raise SAETrainingError(f"{path} does not fit this SAE: {bad[:5]} missing {sorted(set(own) - set(sd))[:5]} "
                                f"unexpected {sorted(set(sd) - set(own))[:5]}")
+    params = dict(sae.named_parameters())
+    odd = [k for k, v in ot.items() if k != "since_fired" and (k.split(".", 1)[0] not in params or
+           (not k.endswith(".step") and v.shape != params[k.split(".", 1)[0]].shape))]
+    if odd or "since_fired" not in ot or tuple(ot["since_fired"].shape) != (sae.m,):
+        raise damaged(f"optimizer.safetensors does not fit this SAE ({(odd or ['since_fired'])[:3]})")
     sae.load_state_dict(sd)
-    ot = load_file(str(path / "optimizer.safetensors"))
     for n, p in sae.named_parameters():
         st = {k.split(".", 1)[1]: (v if k.endswith(".step") and not opt.defaults.get("fused") else torch.empty_like(p).copy_(v) if v.shape == p.shape else v.to(p.device)) for k, v in ot.items() if k.split(".", 1)[0] == n}
         if st: opt.state[p] = st
-    return json.loads((path / "state.json").read_text()), ot["since_fired"].to(sae.W_enc.device)
+    return state, ot["since_fired"].to(sae.W_enc.device)
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
     cks = sorted(Path(out_dir).glob("ckpt-*[0-9]"))

@@ -207,8 +207,9 @@ def _meta_table(cfg: Config):
 def _name(p, run) -> dict:
     import pandas as pd
     from medsae.activations import ExportedSAE
-    from medsae.naming import naming_stage_run
+    from medsae.naming import NameCache, naming_stage_run
     cfg, L, root = p.cfg, p.layout, data_root(p.cfg)
+    NameCache(L.cache.names)                     # a damaged answer cache fails here, before the encoder is loaded
     enc = run_encoder(cfg) if "vocabulary" in cfg.naming.namers else None
     return naming_stage_run(L.activations, root, run.path, cfg.naming, cfg.metric_labels, label_policy(cfg),
                             text_encode=(lambda t: enc.encode_texts(t).cpu().numpy()) if enc else None,
@@ -228,9 +229,10 @@ def _judge(cfg: Config, split: str | None = None):
     return vlm_judge(build_vlm(cfg.naming, cfg.naming.judge), cfg.naming.protocol, cfg.naming.images_per_prompt)
 
 def _score_names(p, run) -> dict:
-    from medsae.naming import naming_split
+    from medsae.naming import NameCache, naming_split
     from medsae.naming_eval import naming_eval_stage_run
     cfg, L = p.cfg, p.layout
+    NameCache(L.cache.judgements)                # a damaged judgement cache fails before the judge is loaded
     judge, ns = _judge(cfg), naming_split(cfg.naming)
     same = None if ns == cfg.naming.eval_split else (_judge(cfg, ns) if cfg.naming.judge == "text" else judge)
     return naming_eval_stage_run(L.name_stage.names, L.activations, L.extract.store, data_root(cfg), run.path,
@@ -249,7 +251,10 @@ def _extract_external(p) -> dict:
     "Hashes of what extraction reads from outside the run: the weights file, a CheXpert copy's tables."
     from medsae.provenance import cached_sha256
     cfg = p.cfg
-    ext = dict(weights=cached_sha256(cfg.encoder.weights) if cfg.encoder.weights is not None else None)
+    w = cfg.encoder.weights
+    if w is not None and not Path(w).is_file():
+        raise ConfigError(f"encoder.weights: {w} {'is not a file' if Path(w).exists() else 'does not exist'}")
+    ext = dict(weights=cached_sha256(w) if w is not None else None)
     if not _renders_phantom(cfg):                     # a dataset on disk: its tables are inputs
         ext["tables"] = {s: cached_sha256(t) for s, t in dataset_tables(cfg).items() if t.is_file()}
     return ext
