@@ -56,16 +56,42 @@ def test_vlm_namer_parses_fenced_json_and_records_failures(images, tmp_path):
     assert len(lines) == 3 and json.loads(lines[0])["raw"].startswith("Sure!")
 
 
+class Recorder:
+    "Wraps a VLMBackend and keeps every request and result, so a test can check what was done with the raw answers."
+    def __init__(self, backend): self.backend, self.name, self.requests, self.results = backend, backend.name, [], []
+    def generate(self, requests, progress=False):
+        out = self.backend.generate(requests, progress=progress)
+        self.requests += list(requests); self.results += list(out)
+        return out
+
+
 def test_medgemma_path_end_to_end_with_tiny_gemma3(images, tmp_path):
+    """A random model may answer anything, so what is checked is the contract between its raw answer and what is
+    recorded: the parsed concept or the failure, the judge's verdicts or -1, the same answers again (greedy)."""
+    from medsae.vlm import parse_binary_list, parse_json_object
     root, index, codes = images
     vlm = TransformersVLM(tiny_gemma3(tmp_path / "tiny"), max_new_tokens=8, batch_size=2, local_files_only=True)
+    rec = Recorder(vlm)
     items = naming_items(codes, index, root, [0, 3], n=4, seed=1)
-    res = name_units(VLMNamer(vlm), items, tmp_path / "names.jsonl", progress=False)
-    assert len(res) == 2 and all(r.raw is not None and r.seconds > 0 for r in res)
-    assert all(r.ok == bool(r.concept) for r in res)            # a random model: parsed or recorded as a failure
-    judge = VLMJudge(vlm, images_per_prompt=3)
+    res = name_units(VLMNamer(rec), items, tmp_path / "names.jsonl", progress=False)
+    assert [r.raw for r in res] == [x.text for x in rec.results] and all(isinstance(r.raw, str) for r in res)
+    for r, it, req in zip(res, items, rec.requests):
+        assert len(req.images) == 4 and req.key == str(it.unit) and r.image_ids == it.image_ids and r.seconds > 0
+        parsed = parse_json_object(r.raw, required=("concept",))
+        assert r.ok == (parsed is not None) and r.concept == (str(parsed["concept"]).strip() if parsed else "")
+        assert r.error == (None if parsed else "no JSON object with a 'concept' key in the answer")
+    again = name_units(VLMNamer(vlm), items, tmp_path / "other.jsonl", progress=False)
+    assert [r.raw for r in again] == [r.raw for r in res]                 # greedy decoding: the same answers
+    judge = VLMJudge(rec, images_per_prompt=3)
+    n0 = len(rec.results)
     pred = judge.judge("effusion", "fluid", np.arange(7), items[0].paths[:4] + items[1].paths[:3], n_pos=3)
-    assert pred.shape == (7,) and set(pred.tolist()) <= {-1, 0, 1}
+    sent = rec.requests[n0:]
+    assert [len(q.images) for q in sent] == [3, 3, 1] and all("Concept: effusion" in q.user for q in sent)
+    want = []
+    for x, k in zip(rec.results[n0:], (3, 3, 1)):
+        v = parse_binary_list(x.text, k)
+        want += v if v is not None else [-1] * k
+    assert pred.tolist() == want
 
 
 class _Server(http.server.BaseHTTPRequestHandler):
