@@ -9,6 +9,7 @@ survivor with its diff, marked `equivalent` when tests/mutation_survivors.md lis
     python scripts/mutate.py                      # every core module
     python scripts/mutate.py metrics data -j 1    # some modules, one worker
     python scripts/mutate.py --report             # the table of the last run, without running again
+    python scripts/mutate.py data --rerun         # only the last run's survivors, against the tests as they are now
 
 Exit status 1 when a module kills fewer than `--min-score` percent of its mutants (default 90) or a survivor is not
 listed as equivalent.
@@ -70,13 +71,16 @@ def toml_value(v) -> str:
     return "[" + ", ".join(toml_value(x) for x in v) + "]"
 
 
-def prepare(module: str, spec: dict, base: dict) -> Path:
+def prepare(module: str, spec: dict, base: dict, fresh: bool = True) -> Path:
     "build/mutate/<module>/: the package, conftest and the module's test files, and a mutmut config for them."
     work = BUILD / module
-    if work.exists(): shutil.rmtree(work)
-    (work / "tests").mkdir(parents=True)
-    shutil.copytree(ROOT / "medsae", work / "medsae", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "settings.ini", work / "settings.ini")       # medsae finds its project root by it
+    if fresh:
+        if work.exists(): shutil.rmtree(work)
+        (work / "tests").mkdir(parents=True)
+        shutil.copytree(ROOT / "medsae", work / "medsae", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy(ROOT / "settings.ini", work / "settings.ini")   # medsae finds its project root by it
+    else:
+        shutil.rmtree(work / "tests"); (work / "tests").mkdir()
     (work / "tests" / "conftest.py").write_text((ROOT / "tests" / "conftest.py").read_text() + CONFTEST_ADDITION)
     for t in spec["tests"]:
         f = t.split("::")[0]
@@ -86,8 +90,19 @@ def prepare(module: str, spec: dict, base: dict) -> Path:
     return work
 
 
-def run_module(module: str, spec: dict, base: dict, jobs: int) -> float:
-    work = prepare(module, spec, base)
+def run_module(module: str, spec: dict, base: dict, jobs: int, rerun: bool = False) -> float:
+    names = None
+    if rerun:                                       # the last run's mutants that were not killed, with today's tests
+        work = BUILD / module
+        if (ROOT / "medsae" / f"{module}.py").read_text() != (work / "medsae" / f"{module}.py").read_text():
+            raise SystemExit(f"medsae/{module}.py changed since the last run: run it again without --rerun")
+        r = results(module, spec)
+        names = r["survived"] + r["no_tests"] + r["other"]
+        if not names: print(f"== {module}: nothing to rerun"); return 0.0
+        prepare(module, spec, base, fresh=False)
+        (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)   # new tests: map tests to functions again
+    else:
+        work = prepare(module, spec, base)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}   # the scratch copy, never another checkout
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", MPLBACKEND="Agg",
                PYTHONHASHSEED="0", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
@@ -95,10 +110,10 @@ def run_module(module: str, spec: dict, base: dict, jobs: int) -> float:
     t0 = time.time()
     print(f"== {module}: mutmut on {', '.join(spec['functions'])}\n   tests: {', '.join(spec['tests'])}", flush=True)
     with open(work / "mutmut.log", "w") as log:
-        r = subprocess.run([str(mutmut), "run", "--max-children", str(jobs), *globs(module, spec["functions"])],
+        r = subprocess.run([str(mutmut), "run", "--max-children", str(jobs), *(names or globs(module, spec["functions"]))],
                            cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
     secs = time.time() - t0
-    (work / "seconds").write_text(f"{secs:.0f}\n")
+    if not rerun: (work / "seconds").write_text(f"{secs:.0f}\n")
     if r.returncode != 0:
         tail = (work / "mutmut.log").read_text(errors="replace").replace("\r", "\n").splitlines()[-30:]
         print("\n".join(tail))
@@ -150,6 +165,8 @@ def main(argv=None) -> int:
     ap.add_argument("modules", nargs="*", help=f"modules to mutate (default: all of {', '.join(modules)})")
     ap.add_argument("-j", "--jobs", type=int, default=2, help="mutants tested in parallel (default 2)")
     ap.add_argument("--report", action="store_true", help="report the last run without running again")
+    ap.add_argument("--rerun", action="store_true", help="rerun only the last run's surviving mutants (tests changed, "
+                    "the module did not); the table then mixes both runs")
     ap.add_argument("--min-score", type=float, default=90.0, help="the lowest %% killed accepted per module")
     ap.add_argument("--no-diffs", action="store_true", help="list survivors without their diffs")
     a = ap.parse_args(argv)
@@ -158,7 +175,7 @@ def main(argv=None) -> int:
     if unknown: ap.error(f"unknown module(s) {unknown}; configured: {list(modules)}")
     t0 = time.time()
     if not a.report:
-        for m in chosen: run_module(m, modules[m], base, a.jobs)
+        for m in chosen: run_module(m, modules[m], base, a.jobs, a.rerun)
     eq = equivalent_listed()
     rows, bad = [], False
     print("\n| module | mutants | killed | survived (equivalent) | no tests | % killed | seconds |")

@@ -162,7 +162,8 @@ def test_paired_bootstrap_equals_resampling_by_hand(masked):
     mask = (rng.random(y.shape) < 0.9) if masked else None
     if masked: mask[:2] = True
     units = {"dense": a, "sparse": s}
-    boot = paired_bootstrap(units, y, LABS, mask, n_boot=7, seed=5, threshold=0.2, block=3)
+    y_in = np.where(mask, y, np.nan) if masked else y                  # NaN outside the mask never enters
+    boot = paired_bootstrap(units, y_in, LABS, mask, n_boot=7, seed=5, threshold=0.2, block=3)
     assert list(boot.columns) == ["resample", "units", "mean_entropy", "mean_best_r", "mean_best_entropy"]
     key = lambda b: b.sort_values(["resample", "units"]).reset_index(drop=True)
     assert key(boot)["resample"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6]

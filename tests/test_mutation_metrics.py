@@ -41,7 +41,8 @@ def test_entropy_of_unequal_magnitudes_is_on_abs_r():
     assert np.isclose(h[1], np.log(2)) and np.isclose(h[2], np.log(3)) and h[3] == 0.0
     assert np.isnan(h[4:]).all()                                      # all zero, a NaN, an infinity: undefined
     assert h.dtype == np.float64 and h.shape == (7,)
-    assert np.isclose(entropy(np.array([[0.25, 0.75]], dtype=np.float32))[0], H([0.25, 0.75]), atol=1e-12)
+    h32 = entropy(np.array([[0.25, 0.75]], dtype=np.float32))             # computed in float64 whatever the input
+    assert h32.dtype == np.float64 and abs(h32[0] - H([0.25, 0.75])) < 1e-15
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -57,12 +58,34 @@ def test_masked_correlations_equal_numpy_on_the_defined_rows(sparse, chunk):
     a = np.abs(rng.normal(size=(n, 5))) * (rng.random((n, 5)) < 0.6) + (0 if sparse else 4.0)
     a[:, 4] = 2.0 if not sparse else 0.0                              # a constant unit
     mask = rng.random((n, 3)) < 0.8; mask[:2] = True
-    y_left = np.where(mask, y, -1.0)                                  # undefined cells hold a number, never used
-    c = correlations(sp.csr_matrix(a) if sparse else a, y_left, LABS, mask=mask, chunk=chunk)
+    y_left = np.where(mask, y, np.nan)                                # undefined cells: NaN is allowed there
+    c = correlations(sp.coo_matrix(a) if sparse else a, y_left, LABS, mask=mask, chunk=chunk)
     want = pearson_masked(a, y, mask)
     assert np.allclose(c.r, want, atol=1e-10, equal_nan=True)
     assert c.labels == LABS and c.n_images == n and list(c.undefined_units) == [4] and c.undefined_labels == ()
     assert list(c.defined) == [True, True, True, True, False]
+    with pytest.raises(MetricError) as e: correlations(a, y, LABS, mask=mask[:, :2])
+    assert str(e.value) == "label mask shape (50, 2) differs from labels (50, 3)"
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_float32_inputs_are_computed_in_float64(sparse):
+    "Activations, labels and masks of other dtypes give float64 sums: the same r as the float64 reference, to 1e-12."
+    rng = np.random.default_rng(9)
+    a = (np.abs(rng.normal(size=(400, 3))) * (rng.random((400, 3)) < 0.5) + 7.3).astype(np.float32)
+    y = (rng.random((400, 2)) < 0.3).astype(np.float32); y[0], y[1] = 1, 0
+    mask = (rng.random((400, 2)) < 0.9); mask[:2] = True
+    want = pearson_masked(a.astype(np.float64), y.astype(np.float64), mask)
+    got = correlations(sp.csr_matrix(a) if sparse else a, y, ("A", "B"), mask=mask).r
+    assert np.abs(got - want).max() < 1e-12
+
+
+def test_an_empty_first_chunk_leaves_no_shift_behind():
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(20, 2)) + 3.0
+    y = (rng.random((20, 1)) < 0.5).astype(float); y[0], y[1] = 1, 0
+    st = CorrelationStats(2, 1).update(a[:0], y[:0]).update(a, y)
+    assert np.allclose(st.shift, 0.0) and np.allclose(st.r(), pearson_masked(a, y, np.ones_like(y)), atol=1e-10)
 
 
 def test_correlation_stats_accumulate_chunks_and_the_first_chunk_sets_the_shift():
@@ -93,6 +116,25 @@ def test_constant_units_and_labels_are_undefined_despite_rounding():
     assert np.isnan(correlations(a[:, 1:2], np.full((10, 1), 0.1), ["A"]).r).all()
     strong = correlations(np.c_[y[:, 0] * 3 + 1e-3 * np.arange(10)], y, ["A"]).r
     assert 0.999 < strong[0, 0] <= 1.0
+    big = np.full((10, 1), 12345.678)                                 # a large constant: rounding, not variance
+    assert np.isnan(correlations(sp.csr_matrix(big), y, ["A"]).r).all()
+    assert np.isnan(correlations(a[:, 1:2], np.full((10, 1), 12345.678), ["A"]).r).all()
+    tiny = 1e-6 * np.arange(1.0, 11.0)[:, None]                        # a tiny scale is not a constant
+    want = np.corrcoef(tiny[:, 0], y[:, 0])[0, 1]
+    assert np.isclose(correlations(sp.csr_matrix(tiny), y, ["A"]).r[0, 0], want)
+    assert np.isclose(correlations(a[:, 1:2], 1e-6 * y, ["A"]).r[0, 0], np.corrcoef(a[:, 1], y[:, 0])[0, 1])
+
+
+def test_exactly_linear_units_have_r_of_one_never_more():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        n = int(rng.integers(10, 40))
+        y = (rng.random((n, 1)) < 0.5).astype(float); y[0], y[1] = 1, 0
+        c, b = rng.uniform(0.1, 10), rng.uniform(-5, 5)
+        units = np.c_[c * y + b, -c * y + b]
+        for u in (units, sp.csr_matrix(units)):
+            r = correlations(u, y, ["A"]).r
+            assert np.allclose(r[:, 0], [1.0, -1.0]) and (np.abs(r) <= 1.0).all()
 
 
 def test_monosemanticity_by_hand():
@@ -114,9 +156,12 @@ def test_monosemanticity_by_hand():
     none = monosemanticity(c, 0.9)
     assert len(none.entering) == 0 and list(none.best_unit) == [-1, -1, -1] and np.isnan(none.best_r).all()
     assert none.classes_without_unit == list(LABS) and np.isnan(none.mean_best_entropy)
+    assert list(monosemanticity(c).entering) == [0, 1, 4]               # the paper's threshold, 0.2, by default
+    assert list(monosemanticity(c, 0.25).entering) == [0, 1, 4] and list(monosemanticity(c, 0.3).entering) == [0, 1]
     with pytest.raises(MetricError) as e:
         monosemanticity(Correlations(r[:, :2], ("A", "B"), 40, np.array([]), ("B",)))
-    assert str(e.value).startswith("label(s) ['B'] are constant over the 40 images")
+    assert str(e.value) == ("label(s) ['B'] are constant over the 40 images (no positive or no negative example), so "
+                            "no correlation with them exists: use a label set without them")
 
 
 def test_correlations_of_a_constant_label_and_no_units():
@@ -142,8 +187,8 @@ def _acts():
     rng = np.random.default_rng(6)
     a = np.round(rng.exponential(1, (40, 6)), 2) * (rng.random((40, 6)) < 0.5)
     a[:, 3] = 0.0; a[5, 3] = 2.0                                       # one positive activation
-    a[:, 4] = 0.0                                                      # never positive
-    a[:, 5] = -a[:, 5]; a[[1, 2, 3], 5] = [1e-8, 0.5, 0.7]             # negatives and a tiny value are not positive
+    a[:, 4] = -a[:, 4]; a[[1, 2, 3, 4], 4] = [1e-8, 0.5, 0.7, 1e-7]    # negatives and tiny values are not positive
+    a[:, 5] = 0.0                                                      # never positive (the last column)
     return a
 
 
@@ -154,7 +199,8 @@ def test_detector_thresholds_equal_the_sorted_positives(sparse, top):
     thr = detector_thresholds(sp.csr_matrix(a) if sparse else a, top)
     assert thr.shape == (6,)
     for j in range(6): assert thr[j] == thr_ref(a[:, j], top), (j, thr[j], thr_ref(a[:, j], top))
-    assert thr[3] == 2.0 and thr[4] == np.inf and thr[5] == 0.5
+    assert thr[3] == 2.0 and thr[4] == 0.5 and thr[5] == np.inf
+    if top == 0.3: assert (detector_thresholds(sp.csr_matrix(a) if sparse else a) == thr).all()   # the published 30%
 
 
 @pytest.mark.parametrize("sparse", [False, True])
@@ -180,6 +226,16 @@ def test_detection_counts_against_loops(sparse):
                                         for c in range(2)])
     none = detection(a, np.zeros((40, 1)), None)                       # no positive image: recall and F1 are 0
     assert (none.recall == 0).all() and (none.f1 == 0).all() and (none.precision == 0).all()
+    one = np.zeros((40, 1)); one[np.argmax(a[:, 0])] = 1               # a single positive, on unit 0's peak
+    d1 = detection(a, one)                                             # the published top 30% by default
+    n_fire = int((a[:, 0] > thr_ref(a[:, 0], 0.3)).sum())
+    assert d1.recall[0, 0] == 1.0 and np.isclose(d1.precision[0, 0], 1 / n_fire) and n_fire > 1
+    assert np.isclose(d1.f1[0, 0], 2 * (1 / n_fire) / (1 / n_fire + 1))
+    d55 = detection(a, y, top=0.55)
+    assert [int((a[:, j] > thr_ref(a[:, j], 0.55)).sum()) for j in range(6)] == d55.fires.tolist() != d.fires.tolist()
+    with pytest.raises(MetricError, match="label mask shape"): detection(a, y, mask[:, :1])
+    yn = np.where(mask, y, np.nan)                                     # NaN where undefined: allowed under the mask
+    assert np.allclose(detection(a, yn, mask).f1, detection(a, y, mask).f1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -211,11 +267,17 @@ def test_monosemanticity_score_equals_the_double_sum(sparse):
     a[:, 3] = 0.0; a[4, 3] = 1.5                                      # one image: no pair, undefined
     a[:, 4] = 0.0; a[[4, 9], 4] = [1.0, 3.0]                          # two images
     a[:, 5] = a[:, 5] - 0.5 * (a[:, 5] > 0)                           # negative values
-    got = monosemanticity_score(sp.csr_matrix(a) if sparse else a, e)
-    want = ms_ref(a, e)
-    assert np.allclose(got, want, atol=1e-10, equal_nan=True)
-    assert np.isnan(got[[2, 3]]).all() and np.isfinite(got[[0, 1, 4, 5]]).all()
+    a = np.c_[a, np.zeros((n, 3))]
+    a[::3, 6] = np.linspace(0.1, 0.5, 10)                             # a range below 1
+    a[:, 7] = rng.uniform(-3.0, 1.0, n); a[0, 7], a[1, 7] = -3.0, 1.0  # max + min < 0
+    a[7, 8] = -1.0                                                    # one negative value among implicit zeros
+    e32, a32 = e.astype(np.float32), a.astype(np.float32)             # computed in float64 whatever the input
+    got = monosemanticity_score(sp.csr_matrix(a32) if sparse else a32, e32)
+    want = ms_ref(a32.astype(np.float64), e32.astype(np.float64))
+    assert np.abs(np.nan_to_num(got, nan=9) - np.nan_to_num(want, nan=9)).max() < 1e-12
+    assert np.isnan(got[[2, 3]]).all() and np.isfinite(got[[0, 1, 4, 5, 6, 7, 8]]).all()
     c = e[4] / np.linalg.norm(e[4]) @ (e[9] / np.linalg.norm(e[9]))
     assert np.isclose(got[4], c)                                      # two images: their cosine
+    assert np.isclose(got[8], ms_ref(np.c_[a[:, 8] + 1.0], e)[0])     # the lone negative: the others are its peak
     with pytest.raises(MetricError) as err: monosemanticity_score(a, e[:-1])
     assert str(err.value) == "activations have 30 rows but embeddings 29"
