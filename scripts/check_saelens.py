@@ -26,18 +26,14 @@ def venv_python(venv: Path) -> Path:
     return Path(venv) / "bin" / "python"
 
 
-def has_saelens(python: Path) -> bool:
-    r = subprocess.run([str(python), "-c", f"import sae_lens; assert sae_lens.__version__ == {SAELENS_VERSION!r}"],
-                       capture_output=True)
-    return r.returncode == 0
-
-
-def setup(venv: Path = DEFAULT_VENV) -> Path:
-    "A venv with sae-lens that sees this interpreter's packages (a .pth file); raises RuntimeError saying why not."
+def throwaway_venv(venv: Path, requirement: str, check: str) -> Path:
+    """A venv at `venv` with `requirement`, seeing this interpreter's packages through a .pth file (nothing is
+    installed into the project's venv); `check` is Python that must run there. Raises RuntimeError saying why not."""
     import site
     import sysconfig
     py = venv_python(venv)
-    if py.exists() and has_saelens(py): return py
+    ok = lambda: subprocess.run([str(py), "-c", check], capture_output=True).returncode == 0
+    if py.exists() and ok(): return py
     r = subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], capture_output=True, text=True)
     if r.returncode: raise RuntimeError(f"cannot create a venv at {venv}: {r.stderr.strip()[-300:]}")
     inner = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -45,12 +41,17 @@ def setup(venv: Path = DEFAULT_VENV) -> Path:
     outer = [p for p in (site.getsitepackages() + [sysconfig.get_paths()["purelib"]]) if Path(p).is_dir()]
     (Path(inner) / "_medsae_base.pth").write_text("\n".join(dict.fromkeys(outer)) + "\n")
     r = subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--retries", "1",
-                        "--timeout", "20", f"sae-lens=={SAELENS_VERSION}"], capture_output=True, text=True)
-    if r.returncode or not has_saelens(py):
+                        "--timeout", "20", requirement], capture_output=True, text=True)
+    if r.returncode or not ok():
         err = [l for l in (r.stderr or r.stdout).splitlines() if l.strip() and not l.startswith("WARNING: Location")]
-        raise RuntimeError(f"pip could not install sae-lens=={SAELENS_VERSION} into {venv}: "
-                           f"{err[-1] if err else 'no reason given'}")
+        raise RuntimeError(f"pip could not install {requirement} into {venv}: {err[-1] if err else 'no reason given'}")
     return py
+
+
+def setup(venv: Path = DEFAULT_VENV) -> Path:
+    "A venv with sae-lens (see throwaway_venv)."
+    return throwaway_venv(venv, f"sae-lens=={SAELENS_VERSION}",
+                          f"import sae_lens; assert sae_lens.__version__ == {SAELENS_VERSION!r}")
 
 
 def export(out: Path):

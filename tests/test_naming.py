@@ -371,3 +371,52 @@ def test_protocol_end_to_end_with_tiny_gemma3_and_stage_records(images, tmp_path
         h, o = "accuracy, held out (valid)", "accuracy, same split (train)"
         for _, r in t[t.unit_kind == "sae"].iterrows():
             assert np.isclose(r[h], held[r.namer], atol=1e-4) and np.isclose(r.inflation, r[o] - r[h], atol=1e-4)
+
+
+def test_requests_are_what_the_official_openai_client_sends(tmp_path):
+    """The chat-completions format, checked with the official `openai` client (a throwaway venv, scripts/check_openai.py;
+    skipped, saying so, where it cannot be installed): our body breaks none of its request types, the official client
+    sends exactly our body for the same parameters, and both read the same answer."""
+    import os, subprocess, sys, warnings
+    from pathlib import Path
+    from medsae.vlm import VLMRequest
+    script = Path(__file__).resolve().parents[1] / "scripts" / "check_openai.py"
+    r = subprocess.run([sys.executable, str(script), "setup", os.environ.get("MEDSAE_OPENAI_VENV", "/tmp/medsae-openai-venv")],
+                       capture_output=True, text=True, timeout=1200)
+    if r.returncode != 0:
+        why = f"the official openai client could not be installed, so the request format is not checked: {r.stderr.strip()}"
+        warnings.warn(why)
+        pytest.skip(why)
+    python = r.stdout.strip().splitlines()[-1]
+    bodies = []
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            bodies.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+            out = json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "m",
+                              "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                                           "message": {"role": "assistant", "content": '{"concept": "effusion"}'}}],
+                              "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
+            self.send_response(200); self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out))); self.end_headers(); self.wfile.write(out)
+        def log_message(self, *a): pass
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_port}/v1"
+        be = OpenAIVLM(url, "google/medgemma-4b-it", api_key_env=None, max_tokens=77)
+        ims = [Image.fromarray(np.full((20, 30 + i), 40 * i, dtype=np.uint8)).convert("RGB") for i in range(2)]
+        for text_first in (False, True):
+            req = VLMRequest("You are a radiologist.", "Name the shared concept.", ims, text_first=text_first)
+            n0 = len(bodies)
+            (ours,) = be.generate([req])
+            (tmp_path / "body.json").write_text(json.dumps(be.body(req)))
+            off = subprocess.run([python, str(script), "send", str(tmp_path / "body.json"), url], capture_output=True,
+                                 text=True, timeout=300)
+            assert off.returncode == 0, off.stdout + off.stderr[-3000:]
+            (p1, mine), (p2, theirs) = bodies[n0:]
+            assert p1 == p2 == "/v1/chat/completions" and mine == theirs           # the official client's very body
+            assert [p["type"] for p in mine["messages"][1]["content"]] == (["text", "image_url", "image_url"] if text_first
+                                                                            else ["image_url", "image_url", "text"])
+            assert ours.ok and ours.text == json.loads(off.stdout)["content"] == '{"concept": "effusion"}'
+    finally:
+        srv.shutdown()
