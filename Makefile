@@ -11,7 +11,7 @@ CONFIG ?= configs/default.yaml
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 MPLBACKEND=Agg PYTHONHASHSEED=0
 STAMP := $(VENV)/.installed
 
-.PHONY: reproduce test setup assets export check-sync docs bench lock clean help
+.PHONY: reproduce test setup assets export check-sync docs bench lock clean help mutate
 
 help:
 	@echo "make reproduce [CONFIG=configs/default.yaml]  # the whole reproduction (offline by default)"
@@ -53,6 +53,14 @@ docs: $(STAMP)
 
 bench: setup
 	@for b in scripts/bench_*.py; do echo "== $$b"; $(OFFLINE) $(PY) $$b; done
+
+# Mutation testing of the scientific core (not part of `make test`): mutmut, installed into the venv here, mutates the
+# functions listed in pyproject.toml ([tool.medsae.mutate]) one module at a time and prints the score per module;
+# survivors equivalent to the original are explained in tests/mutation_survivors.md. MODULES=metrics data ... for some.
+MUTMUT ?= mutmut==3.8.1
+mutate: setup
+	$(PY) -m pip install -q "$(MUTMUT)"
+	$(OFFLINE) $(PY) scripts/mutate.py $(MODULES)
 
 # Re-resolve requirements.in into the exact lock (needs the package registry).
 lock:

@@ -80,7 +80,7 @@ def paired_bootstrap(units: dict, y: np.ndarray, labels: Sequence[str], mask: np
     N = y.shape[0]
     for name, a in units.items(): _check_xy(a, y, mask, labels)
     msk = np.ones_like(y, dtype=np.float64) if mask is None else mask.astype(np.float64)
-    y = np.asarray(y, dtype=np.float64)
+    y = np.where(msk > 0, np.asarray(y, dtype=np.float64), 0.0)       # a cell outside the mask never enters (NaN too)
     prep = {}
     for name, a in units.items():
         mono = monosemanticity(correlations(a, y, labels, mask), threshold)

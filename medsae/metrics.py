@@ -61,6 +61,7 @@ class CorrelationStats:
         if a.shape[1] != self.m: raise MetricError(f"chunk has {a.shape[1]} units, expected {self.m}")
         y = np.asarray(y, dtype=np.float64)
         msk = np.ones_like(y) if mask is None else np.asarray(mask, dtype=np.float64)
+        y = np.where(msk > 0, y, 0.0)                 # a cell outside the mask never enters, whatever it holds (NaN)
         ym = y * msk
         if sp.issparse(a):
             a = sp.csr_matrix(a, dtype=np.float64)
@@ -217,6 +218,7 @@ def detection(acts, y: np.ndarray, mask: np.ndarray | None = None, top: float = 
     else:
         fires = sp.csr_matrix((np.asarray(acts) > thr[None, :]).astype(np.float64))
     msk = np.ones_like(y, dtype=np.float64) if mask is None else mask.astype(np.float64)
+    y = np.where(msk > 0, y, 0.0)                          # a cell outside the mask never enters (NaN included)
     tp = np.asarray(fires.T @ (y * msk))
     n_fire = np.asarray(fires.T @ msk)                       # firings on images where the label is defined
     n_pos = (y * msk).sum(0)[None, :]
@@ -237,11 +239,12 @@ def monosemanticity_score(acts, emb: np.ndarray) -> np.ndarray:
         a = sp.csc_matrix(acts, dtype=np.float64)
         n = a.shape[0]
         nnz = np.diff(a.indptr)
-        mx = np.zeros(a.shape[1]); mn = np.zeros(a.shape[1])
         has = nnz > 0
-        mx[has] = np.maximum.reduceat(a.data, a.indptr[:-1][has])
-        mn_nz = np.zeros(a.shape[1]); mn_nz[has] = np.minimum.reduceat(a.data, a.indptr[:-1][has])
-        mn = np.where(nnz < n, np.minimum(mn_nz, 0.0), mn_nz)         # implicit zeros count when a column has any
+        mx_nz, mn_nz = np.zeros(a.shape[1]), np.zeros(a.shape[1])
+        mx_nz[has] = np.maximum.reduceat(a.data, a.indptr[:-1][has])
+        mn_nz[has] = np.minimum.reduceat(a.data, a.indptr[:-1][has])
+        mx = np.where(nnz < n, np.maximum(mx_nz, 0.0), mx_nz)         # implicit zeros count when a column has any
+        mn = np.where(nnz < n, np.minimum(mn_nz, 0.0), mn_nz)
         et_a = np.asarray(a.T @ e)                                    # (m, d)
         s1 = np.asarray(a.sum(0)).ravel(); s2 = np.asarray(a.multiply(a).sum(0)).ravel()
     else:

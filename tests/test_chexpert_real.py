@@ -35,14 +35,28 @@ def test_counts_equal_a_direct_count(raw, direct_counts):
         assert got.loc[c].to_dict() == dict(positive=d["1.0"], negative=d["0.0"], uncertain=d["-1.0"], blank=d[""])
 
 
-def test_columns_read_by_name_not_position(raw, direct_counts):
+def test_columns_read_by_name_not_position(raw, direct_counts, tmp_path):
+    "The real rows written with the columns shuffled (metadata among the labels): every cell still under its name."
     _, _, rows = direct_counts
-    # Lung Opacity precedes Lung Lesion in the file; values must follow the names, not a conventional order
+    header = list(rows[0])
+    order = [header[i] for i in np.random.default_rng(0).permutation(len(header))]
+    assert all(order.index(c) != header.index(c) for c in ("Path", "Edema", "Lung Opacity", "Lung Lesion"))
+    sample = rows[:3000] + rows[200000:201000]
+    p = tmp_path / "shuffled.csv"
+    with open(p, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=order); w.writeheader(); w.writerows(sample)
+    got = read_chexpert_csv(p)
+    assert list(got.columns[:5]) == ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA"]
+    assert got["Path"].tolist() == [r["Path"] for r in sample] and got["Sex"].tolist() == [r["Sex"] for r in sample]
+    for c in CHEXPERT_LABELS:
+        want = np.array([float(r[c]) if r[c] else np.nan for r in sample])
+        assert np.array_equal(got[c].to_numpy(dtype=float), want, equal_nan=True), c
+    # and the real file, in its own order, agrees with the csv module too
     for i in (1, 2, 1000, 200000):
         for c in ("Lung Opacity", "Lung Lesion"):
             want = float(rows[i][c]) if rows[i][c] else np.nan
-            got = raw[c].iloc[i]
-            assert (np.isnan(want) and np.isnan(got)) or want == got
+            got_v = raw[c].iloc[i]
+            assert (np.isnan(want) and np.isnan(got_v)) or want == got_v
 
 
 @pytest.mark.parametrize("uncertain", ["u_zeros", "u_ones", "ignore"])
@@ -54,6 +68,10 @@ def test_policies_never_let_minus_one_through(raw, uncertain):
     if uncertain == "u_ones": assert (y[unc] == 1).all() and mask[unc].all()
     if uncertain == "u_zeros": assert (y[unc] == 0).all() and mask[unc].all()
     if uncertain == "ignore": assert not mask[unc].any()
+    blank = np.isnan(v)
+    assert blank.sum() > 1_000_000 and mask[blank].all()                  # blank: zero, the default, keeps them
+    y2, m2 = label_matrix(raw, policy=LabelPolicy(uncertain, "ignore"))
+    assert not m2[blank].any() and (m2[~blank] == mask[~blank]).all() and (y2 == y).all()
 
 
 def test_balanced_subset_on_the_real_table(raw):

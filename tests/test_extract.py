@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -45,20 +44,38 @@ def _extract_cmd(phantom, weights, out_root, extra=()):
             "--figures", str(Path(out_root) / "figures"), *extra]
 
 
+# `medsae extract` in a process that SIGKILLs itself while its encoder embeds batch MEDSAE_TEST_KILL_AT: a real kill
+# (no clean-up runs) at a known point, so the test never races the extraction it kills.
+KILL_AT_BATCH = r"""
+import os, signal, sys
+import medsae.encoders as E
+from medsae.cli import main
+build = E.build_encoder
+def build_then_die(*a, **k):
+    enc, calls = build(*a, **k), [0]
+    encode = enc.encode_images
+    def encode_images(x):
+        calls[0] += 1
+        if calls[0] == int(os.environ["MEDSAE_TEST_KILL_AT"]): os.kill(os.getpid(), signal.SIGKILL)
+        return encode(x)
+    enc.encode_images = encode_images
+    return enc
+E.build_encoder = build_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_killed_extraction_resumes_without_loss_or_duplication(tmp_path, phantom, weights):
     from medsae.layout import RunLayout
     subprocess.run(_extract_cmd(phantom, weights, tmp_path / "clean"), check=True, capture_output=True, timeout=600)
     clean = RunLayout(tmp_path / "clean" / "default").extract.store
-    proc = subprocess.Popen(_extract_cmd(phantom, weights, tmp_path / "k"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # batches of 8, committed every 8 batches (64 rows): killed in batch 20, the last commit was at row 128
+    r = subprocess.run([sys.executable, "-c", KILL_AT_BATCH, *_extract_cmd(phantom, weights, tmp_path / "k")[1:]],
+                       capture_output=True, text=True, timeout=600, env=dict(os.environ, MEDSAE_TEST_KILL_AT="20"))
+    assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-2000:])
     killed = tmp_path / "k" / "default" / "extract.partial" / "store"      # the stage's folder while it is written
     prog = killed / "progress-0-of-1.json"
-    t0 = time.time()
-    while time.time() - t0 < 300:
-        if prog.exists() and json.loads(prog.read_text())["rows_done"] >= 128: break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL); proc.wait()
-    done_at_kill = json.loads(prog.read_text())["rows_done"]
-    assert 0 < done_at_kill < 400, done_at_kill                    # really killed mid-way
+    assert json.loads(prog.read_text())["rows_done"] == 128                  # really killed mid-way, at a known row
     assert not EmbeddingStore(killed).complete
     with pytest.raises(StoreError, match="not complete"): EmbeddingStore(killed).split("train")
     subprocess.run(_extract_cmd(phantom, weights, tmp_path / "k"), check=True, capture_output=True, timeout=600)

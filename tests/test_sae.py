@@ -50,10 +50,27 @@ def test_batchtopk_inference_does_not_depend_on_the_batch(X):
     with torch.no_grad(): assert torch.equal(s.encode(x)[:5], s.encode(x[:5]))
 
 
-def test_decoder_rows_stay_unit_norm_and_bdec_starts_at_the_median(X):
+def test_decoder_rows_stay_unit_norm_and_bdec_starts_at_the_median(X, monkeypatch):
+    "b_dec starts at the geometric median (by scipy) of the first batch, normalised by numpy, before any step."
+    from scipy.optimize import minimize
+    from medsae.sae_training import batch_indices
+    seen = {}
+    init = ReLUSAE.init_from_data
+    def spy(self, x):
+        init(self, x)
+        seen["b_dec"] = self.b_dec.detach().clone().numpy().astype(np.float64)
+    monkeypatch.setattr(ReLUSAE, "init_from_data", spy)
     cfg = SAEConfig(arch="relu", expansion=2, l1=0.3, batch_size=256, epochs=1, lr=1e-3)
-    s, _ = train_sae(X, cfg, progress=False)
+    s, _ = train_sae(X, cfg, seed=2, progress=False)
     assert torch.allclose(s.W_dec.norm(dim=1), torch.ones(s.m), atol=1e-5)
+    x = X.numpy().astype(np.float64)
+    z = (x - x.mean(0)) * np.sqrt(x.shape[1] / ((x - x.mean(0)) ** 2).sum(1).mean())   # the paper's normalisation
+    batch = z[batch_indices(len(x), 0, cfg, 2).numpy()]
+    dist = lambda y: np.sqrt(((batch - y) ** 2).sum(1)).sum()
+    med = minimize(dist, np.median(batch, 0), method="BFGS", options=dict(gtol=1e-9)).x
+    assert np.linalg.norm(seen["b_dec"] - med) < 1e-3 * np.linalg.norm(med)
+    assert dist(seen["b_dec"]) <= dist(med) * (1 + 1e-6) < dist(batch.mean(0))           # the median, not the mean
+    assert not np.allclose(s.b_dec.detach().numpy(), seen["b_dec"])                         # then trained
 
 
 def test_nan_rows_are_named(X):
@@ -107,3 +124,25 @@ def test_hub_folder(tmp_path, X):
     out = export_hub_folder(s, tmp_path / "hub", dict(encoder="medclip-phantom", metrics=evaluate_sae(s, X)))
     assert {"README.md", "cfg.json", "sae_weights.safetensors"} <= {p.name for p in out.iterdir()}
     assert "fve" in (out / "README.md").read_text()
+
+
+def test_the_real_saelens_loads_the_export(tmp_path):
+    """sae-lens itself loads the four exports and reproduces medsae's codes and reconstructions on raw inputs. It runs
+    from a throwaway venv (scripts/check_saelens.py setup; sae-lens is not in the lock); without the package registry
+    it cannot be installed and the test is skipped, saying so."""
+    import os, subprocess, sys, warnings
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "scripts" / "check_saelens.py"
+    venv = os.environ.get("MEDSAE_SAELENS_VENV", "/tmp/medsae-saelens-venv")
+    r = subprocess.run([sys.executable, str(script), "setup", venv], capture_output=True, text=True, timeout=1200)
+    if r.returncode != 0:
+        why = f"the real sae-lens could not be installed, so the SAELens export is not checked: {r.stderr.strip()}"
+        warnings.warn(why)
+        pytest.skip(why)
+    python = r.stdout.strip().splitlines()[-1]
+    subprocess.run([sys.executable, str(script), "export", str(tmp_path)], check=True, capture_output=True, timeout=900)
+    out = subprocess.run([python, str(script), "load", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    lines = [l for l in out.stdout.splitlines() if l.startswith("sae_lens 6.54.12: ")]
+    assert [l.split()[2] for l in lines] == ["relu", "topk", "batchtopk", "matryoshka"], out.stdout
+    assert all(l.endswith(" ok") for l in lines), out.stdout
