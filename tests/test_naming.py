@@ -299,9 +299,11 @@ def _store(folder, emb, index):
     "An embedding store on disk, as the extract stage leaves it."
     from medsae.layout import StoreFolder
     f = StoreFolder(folder); f.path.mkdir(parents=True)
-    np.save(f.embeddings, emb); np.save(f.ok, np.ones(len(emb), bool))
-    index.assign(ok=True).to_csv(f.index, index=False)
-    f.meta.write_text(json.dumps({"complete": True, "rows": len(emb), "dim": emb.shape[1]}))
+    np.save(f.embeddings, np.asarray(emb, dtype=np.float32)); np.save(f.ok, np.ones(len(emb), bool))
+    idx = index.reset_index(drop=True).assign(ok=True)
+    idx.insert(0, "row", np.arange(len(idx)))
+    idx.to_csv(f.index, index=False)
+    f.meta.write_text(json.dumps({"complete": True, "rows": len(emb), "dim": emb.shape[1], "dtype": "float32"}))
 
 
 @pytest.mark.parametrize("protocol", ["published", "heldout"])
