@@ -182,8 +182,9 @@ def read_checkpoint(path: str | Path) -> dict:
         else: sd = torch.load(path, map_location="cpu", weights_only=True)
     except EncoderError: raise
     except Exception as e:                   # each reader fails its own way on a file of another kind
-        why = ("holds Python objects besides tensors, which are never loaded from a file (unpickling can run code)"
-               if "Unsupported global" in str(e) else "is not a checkpoint")
+        with open(path, "rb") as fh: pickled = fh.read(1) == b"\x80"       # the pickle PROTO opcode
+        why = ("is a pickle of more than tensors, which is never loaded from a file (unpickling can run code)"
+               if pickled else "is not a checkpoint")
         raise EncoderError(f"weights file {path} {why}: expected a MedCLIP release zip holding pytorch_model.bin, "
                            "a pytorch_model.bin, or a .safetensors file") from None
     if not isinstance(sd, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items()):
