@@ -138,6 +138,15 @@ def test_label_matrix_every_policy_by_hand(uncertain, blank):
                                 *[{"u_ones": 1, "published": -1}.get(uncertain, 0) * 1.0] * 2, 1, 0]
 
 
+def test_label_matrix_of_an_object_table():
+    "Labels held as Python objects (a table built from lists with None) give the same matrix."
+    obj = TABLE.astype(object).where(TABLE.notna(), None)
+    for pol in (LabelPolicy("u_ones", "ignore"), LabelPolicy("ignore", "zero")):
+        y, m = label_matrix(obj, ["Edema", "Pneumonia", "Atelectasis"], pol)
+        y0, m0 = label_matrix(TABLE, ["Edema", "Pneumonia", "Atelectasis"], pol)
+        assert (y == y0).all() and (m == m0).all() and y.dtype == np.float32
+
+
 def test_blank_ignore_masks_blank_cells_and_only_them():
     y, m = label_matrix(TABLE, ["Pneumonia", "Edema"], LabelPolicy("u_zeros", "ignore"))
     assert m.tolist() == [[True, True], [True, True], [True, True], [False, True], [False, False], [False, True],
@@ -210,6 +219,13 @@ def test_balanced_subset_counts_positives_after_the_policy():
     assert "{'Edema': 1, 'Pneumonia': 2}" in str(w[0].message)
     with pytest.raises(ValueError) as e: balanced_subset(df, ["Edema"], 3, order="random")
     assert str(e.value) == "order 'random': expected shuffled or table"
+
+
+def test_balanced_subset_default_is_the_papers_200_per_class():
+    df = _table({"Edema": [1.0] * 229 + [0.0], "Pneumonia": [0.0] * 229 + [1.0]})
+    with pytest.warns(UserWarning, match=r"\{'Pneumonia': 1\}"):
+        sub = balanced_subset(df, ["Edema", "Pneumonia"], order="table")
+    assert len(sub) == 201 and (sub["Edema"] == 1).sum() == 200 and sub.attrs["subset"] == "balanced-2x200"
 
 
 def test_balanced_subset_shuffled_walks_the_seeded_permutation():

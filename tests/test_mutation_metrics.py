@@ -78,6 +78,9 @@ def test_float32_inputs_are_computed_in_float64(sparse):
     want = pearson_masked(a.astype(np.float64), y.astype(np.float64), mask)
     got = correlations(sp.csr_matrix(a) if sparse else a, y, ("A", "B"), mask=mask).r
     assert np.abs(got - want).max() < 1e-12
+    score = rng.random((400, 1)).astype(np.float32)                   # a continuous float32 score, no mask
+    want = pearson_masked(a.astype(np.float64), score.astype(np.float64), np.ones((400, 1), bool))
+    assert np.abs(correlations(sp.csr_matrix(a) if sparse else a, score, ["s"]).r - want).max() < 1e-12
 
 
 def test_an_empty_first_chunk_leaves_no_shift_behind():
@@ -267,15 +270,17 @@ def test_monosemanticity_score_equals_the_double_sum(sparse):
     a[:, 3] = 0.0; a[4, 3] = 1.5                                      # one image: no pair, undefined
     a[:, 4] = 0.0; a[[4, 9], 4] = [1.0, 3.0]                          # two images
     a[:, 5] = a[:, 5] - 0.5 * (a[:, 5] > 0)                           # negative values
-    a = np.c_[a, np.zeros((n, 3))]
+    a = np.c_[a, np.zeros((n, 5))]
     a[::3, 6] = np.linspace(0.1, 0.5, 10)                             # a range below 1
     a[:, 7] = rng.uniform(-3.0, 1.0, n); a[0, 7], a[1, 7] = -3.0, 1.0  # max + min < 0
     a[7, 8] = -1.0                                                    # one negative value among implicit zeros
+    a[[2, 6], 9] = [1e-13, 1.0]                                       # a second image at 1e-13: not a pair
+    # column 10: silent, the last one
     e32, a32 = e.astype(np.float32), a.astype(np.float32)             # computed in float64 whatever the input
     got = monosemanticity_score(sp.csr_matrix(a32) if sparse else a32, e32)
     want = ms_ref(a32.astype(np.float64), e32.astype(np.float64))
     assert np.abs(np.nan_to_num(got, nan=9) - np.nan_to_num(want, nan=9)).max() < 1e-12
-    assert np.isnan(got[[2, 3]]).all() and np.isfinite(got[[0, 1, 4, 5, 6, 7, 8]]).all()
+    assert np.isnan(got[[2, 3, 9, 10]]).all() and np.isfinite(got[[0, 1, 4, 5, 6, 7, 8]]).all()
     c = e[4] / np.linalg.norm(e[4]) @ (e[9] / np.linalg.norm(e[9]))
     assert np.isclose(got[4], c)                                      # two images: their cosine
     assert np.isclose(got[8], ms_ref(np.c_[a[:, 8] + 1.0], e)[0])     # the lone negative: the others are its peak
