@@ -273,8 +273,8 @@ def _store(folder, emb, index):
     "An embedding store on disk, as the extract stage leaves it."
     from medsae.layout import StoreFolder
     f = StoreFolder(folder); f.path.mkdir(parents=True)
-    np.save(f.embeddings, emb); np.save(f.ok, np.ones(len(emb), bool))
-    index.assign(ok=True).to_csv(f.index, index=False)
+    np.save(f.embeddings, emb.astype(np.float32)); np.save(f.ok, np.ones(len(emb), bool))
+    index.reset_index(drop=True).assign(ok=True).rename_axis("row").reset_index().to_csv(f.index, index=False)
     f.meta.write_text(json.dumps({"complete": True, "rows": len(emb), "dim": emb.shape[1]}))
 
 
