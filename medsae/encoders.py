@@ -168,6 +168,7 @@ def read_checkpoint(path: str | Path) -> dict:
     if not path.exists(): raise EncoderError(f"weights file {path} does not exist")
     if not path.is_file(): raise EncoderError(f"weights file {path} is not a file")
     import warnings
+    head = b""                                   # the first byte torch read: 0x80 opens a pickle (its PROTO opcode)
     try:
         warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)   # torch on a pickle not its own
         if path.suffix == ".safetensors":
@@ -178,13 +179,15 @@ def read_checkpoint(path: str | Path) -> dict:
                 names = [n for n in z.namelist() if n.endswith("pytorch_model.bin")]
                 if not names: raise EncoderError(f"{path}: no pytorch_model.bin inside (members: {z.namelist()[:10]})")
                 data = io.BytesIO(z.read(names[0]))
+            head = data.getvalue()[:1]
             sd = torch.load(data, map_location="cpu", weights_only=True)
-        else: sd = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            with open(path, "rb") as fh: head = fh.read(1)
+            sd = torch.load(path, map_location="cpu", weights_only=True)
     except EncoderError: raise
     except Exception as e:                   # each reader fails its own way on a file of another kind
-        with open(path, "rb") as fh: pickled = fh.read(1) == b"\x80"       # the pickle PROTO opcode
         why = ("is a pickle of more than tensors, which is never loaded from a file (unpickling can run code)"
-               if pickled else "is not a checkpoint")
+               if head == b"\x80" or "Unsupported global" in str(e) else "is not a checkpoint")
         raise EncoderError(f"weights file {path} {why}: expected a MedCLIP release zip holding pytorch_model.bin, "
                            "a pytorch_model.bin, or a .safetensors file") from None
     if not isinstance(sd, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items()):

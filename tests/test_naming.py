@@ -56,42 +56,16 @@ def test_vlm_namer_parses_fenced_json_and_records_failures(images, tmp_path):
     assert len(lines) == 3 and json.loads(lines[0])["raw"].startswith("Sure!")
 
 
-class Recorder:
-    "Wraps a VLMBackend and keeps every request and result, so a test can check what was done with the raw answers."
-    def __init__(self, backend): self.backend, self.name, self.requests, self.results = backend, backend.name, [], []
-    def generate(self, requests, progress=False):
-        out = self.backend.generate(requests, progress=progress)
-        self.requests += list(requests); self.results += list(out)
-        return out
-
-
 def test_medgemma_path_end_to_end_with_tiny_gemma3(images, tmp_path):
-    """A random model may answer anything, so what is checked is the contract between its raw answer and what is
-    recorded: the parsed concept or the failure, the judge's verdicts or -1, the same answers again (greedy)."""
-    from medsae.vlm import parse_binary_list, parse_json_object
     root, index, codes = images
     vlm = TransformersVLM(tiny_gemma3(tmp_path / "tiny"), max_new_tokens=8, batch_size=2, local_files_only=True)
-    rec = Recorder(vlm)
     items = naming_items(codes, index, root, [0, 3], n=4, seed=1)
-    res = name_units(VLMNamer(rec), items, tmp_path / "names.jsonl", progress=False)
-    assert [r.raw for r in res] == [x.text for x in rec.results] and all(isinstance(r.raw, str) for r in res)
-    for r, it, req in zip(res, items, rec.requests):
-        assert len(req.images) == 4 and req.key == str(it.unit) and r.image_ids == it.image_ids and r.seconds > 0
-        parsed = parse_json_object(r.raw, required=("concept",))
-        assert r.ok == (parsed is not None) and r.concept == (str(parsed["concept"]).strip() if parsed else "")
-        assert r.error == (None if parsed else "no JSON object with a 'concept' key in the answer")
-    again = name_units(VLMNamer(vlm), items, tmp_path / "other.jsonl", progress=False)
-    assert [r.raw for r in again] == [r.raw for r in res]                 # greedy decoding: the same answers
-    judge = VLMJudge(rec, images_per_prompt=3)
-    n0 = len(rec.results)
+    res = name_units(VLMNamer(vlm), items, tmp_path / "names.jsonl", progress=False)
+    assert len(res) == 2 and all(r.raw is not None and r.seconds > 0 for r in res)
+    assert all(r.ok == bool(r.concept) for r in res)            # a random model: parsed or recorded as a failure
+    judge = VLMJudge(vlm, images_per_prompt=3)
     pred = judge.judge("effusion", "fluid", np.arange(7), items[0].paths[:4] + items[1].paths[:3], n_pos=3)
-    sent = rec.requests[n0:]
-    assert [len(q.images) for q in sent] == [3, 3, 1] and all("Concept: effusion" in q.user for q in sent)
-    want = []
-    for x, k in zip(rec.results[n0:], (3, 3, 1)):
-        v = parse_binary_list(x.text, k)
-        want += v if v is not None else [-1] * k
-    assert pred.tolist() == want
+    assert pred.shape == (7,) and set(pred.tolist()) <= {-1, 0, 1}
 
 
 class _Server(http.server.BaseHTTPRequestHandler):
@@ -299,11 +273,9 @@ def _store(folder, emb, index):
     "An embedding store on disk, as the extract stage leaves it."
     from medsae.layout import StoreFolder
     f = StoreFolder(folder); f.path.mkdir(parents=True)
-    np.save(f.embeddings, np.asarray(emb, dtype=np.float32)); np.save(f.ok, np.ones(len(emb), bool))
-    idx = index.reset_index(drop=True).assign(ok=True)
-    idx.insert(0, "row", np.arange(len(idx)))
-    idx.to_csv(f.index, index=False)
-    f.meta.write_text(json.dumps({"complete": True, "rows": len(emb), "dim": emb.shape[1], "dtype": "float32"}))
+    np.save(f.embeddings, emb.astype(np.float32)); np.save(f.ok, np.ones(len(emb), bool))
+    index.reset_index(drop=True).assign(ok=True).rename_axis("row").reset_index().to_csv(f.index, index=False)
+    f.meta.write_text(json.dumps({"complete": True, "rows": len(emb), "dim": emb.shape[1]}))
 
 
 @pytest.mark.parametrize("protocol", ["published", "heldout"])
@@ -373,52 +345,3 @@ def test_protocol_end_to_end_with_tiny_gemma3_and_stage_records(images, tmp_path
         h, o = "accuracy, held out (valid)", "accuracy, same split (train)"
         for _, r in t[t.unit_kind == "sae"].iterrows():
             assert np.isclose(r[h], held[r.namer], atol=1e-4) and np.isclose(r.inflation, r[o] - r[h], atol=1e-4)
-
-
-def test_requests_are_what_the_official_openai_client_sends(tmp_path):
-    """The chat-completions format, checked with the official `openai` client (a throwaway venv, scripts/check_openai.py;
-    skipped, saying so, where it cannot be installed): our body breaks none of its request types, the official client
-    sends exactly our body for the same parameters, and both read the same answer."""
-    import os, subprocess, sys, warnings
-    from pathlib import Path
-    from medsae.vlm import VLMRequest
-    script = Path(__file__).resolve().parents[1] / "scripts" / "check_openai.py"
-    r = subprocess.run([sys.executable, str(script), "setup", os.environ.get("MEDSAE_OPENAI_VENV", "/tmp/medsae-openai-venv")],
-                       capture_output=True, text=True, timeout=1200)
-    if r.returncode != 0:
-        why = f"the official openai client could not be installed, so the request format is not checked: {r.stderr.strip()}"
-        warnings.warn(why)
-        pytest.skip(why)
-    python = r.stdout.strip().splitlines()[-1]
-    bodies = []
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            bodies.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
-            out = json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "m",
-                              "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                                           "message": {"role": "assistant", "content": '{"concept": "effusion"}'}}],
-                              "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
-            self.send_response(200); self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(out))); self.end_headers(); self.wfile.write(out)
-        def log_message(self, *a): pass
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{srv.server_port}/v1"
-        be = OpenAIVLM(url, "google/medgemma-4b-it", api_key_env=None, max_tokens=77)
-        ims = [Image.fromarray(np.full((20, 30 + i), 40 * i, dtype=np.uint8)).convert("RGB") for i in range(2)]
-        for text_first in (False, True):
-            req = VLMRequest("You are a radiologist.", "Name the shared concept.", ims, text_first=text_first)
-            n0 = len(bodies)
-            (ours,) = be.generate([req])
-            (tmp_path / "body.json").write_text(json.dumps(be.body(req)))
-            off = subprocess.run([python, str(script), "send", str(tmp_path / "body.json"), url], capture_output=True,
-                                 text=True, timeout=300)
-            assert off.returncode == 0, off.stdout + off.stderr[-3000:]
-            (p1, mine), (p2, theirs) = bodies[n0:]
-            assert p1 == p2 == "/v1/chat/completions" and mine == theirs           # the official client's very body
-            assert [p["type"] for p in mine["messages"][1]["content"]] == (["text", "image_url", "image_url"] if text_first
-                                                                            else ["image_url", "image_url", "text"])
-            assert ours.ok and ours.text == json.loads(off.stdout)["content"] == '{"concept": "effusion"}'
-    finally:
-        srv.shutdown()
