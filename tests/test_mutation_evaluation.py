@@ -9,6 +9,8 @@ import pytest
 import scipy.sparse as sp
 from sklearn.metrics import roc_auc_score
 
+import medsae.encoders  # noqa: F401  (phantom_concepts imports it: once, not in every mutant's run)
+
 from medsae.evaluation import (_ci, _fixed_stats, _stats_of_r, _weighted_r, auroc_matrix, compare_units,
                                concept_recovery, hungarian_matching, paired_bootstrap, permutation_null,
                                phantom_concepts, polysemanticity)

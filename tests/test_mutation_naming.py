@@ -5,6 +5,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+import medsae.data  # noqa: F401  (torch, which naming_items and score_names import: once, not in every mutant's run)
+
 from medsae.naming import (NameCache, _column, active_counts, eligible_latents, naming_items, paper_examples,
                            published_examples, quantile_examples)
 from medsae.naming_eval import (derangement, detection_scores, eval_set, published_positives, score_names,
@@ -25,6 +27,9 @@ def test_active_counts_and_eligibility_count_values_above_1e_7():
     assert eligible_latents(c, min_active=2).tolist() == [0] and eligible_latents(c, 0).tolist() == [0, 2, 3]
     sixty = np.zeros((61, 2)); sixty[:, 0] = 1; sixty[:60, 1] = 1
     assert eligible_latents(sp.csr_matrix(sixty)).tolist() == [0]        # the paper's rule: more than 60
+    edge = np.array([[1e-7, 2.0], [0.5, 1e-7], [0.0, 3.0]])              # exactly 1e-7 is not active
+    assert active_counts(sp.csr_matrix(edge)).tolist() == [1, 2] and active_counts(edge).tolist() == [1, 2]
+    assert active_counts(sp.csr_matrix(edge[:, 1:] * [[1], [2], [1]])).tolist() == [3]   # all stored active
     col = _column(sp.csr_matrix(c), 2)
     assert col.dtype == np.float64 and col.tolist() == [5e-8, 0.0, 3.0, 0.0]
     assert _column(c.astype(np.float32), 3).tolist() == [2.0, -1.0, 0.0, 4.0] and _column(c, 3).dtype == np.float64
@@ -62,6 +67,26 @@ def test_paper_examples_top_two_thirds_first_and_last_halves_by_hand():
 def test_paper_examples_ties_are_broken_by_index():
     v = np.array([0.0, 2.0, 1.0, 2.0, 1.0, 1.0, 2.0, 0.5, 0.0])      # 7 activating: 5 kept
     assert sorted(paper_examples(v, n=30).tolist()) == [1, 2, 3, 4, 6]   # 2.0 x 3, then the first two 1.0s
+    many = np.random.default_rng(0).integers(1, 4, 90).astype(float)   # 90 images, three values: ties everywhere
+    r = ranked(many)
+    assert sorted(paper_examples(many, n=20).tolist()) == sorted(r[:10] + r[50:60])
+    assert sorted(published_examples(many, n=20).tolist()) == sorted(r[:10] + r[50:60])
+
+
+def test_example_selection_defaults_are_the_papers():
+    "30 images, seed 0, the paper's selection: what the defaults must mean."
+    v = np.zeros(120); v[:90] = np.linspace(90, 1, 90); v[100] = 1e-7    # 90 activating (1e-7 is not)
+    r = ranked(v)
+    assert r == list(range(90))
+    assert paper_examples(v).tolist() == paper_examples(v, 30, 0).tolist()
+    assert sorted(paper_examples(v).tolist()) == r[:15] + r[45:60]       # 60 kept: first and last 15
+    assert published_examples(v).tolist() == paper_examples(v, 30, 0, cap=100).tolist()
+    assert quantile_examples(v).tolist() == quantile_examples(v, 30, 5, 0).tolist()
+    assert np.bincount(quantile_examples(v) // 18, minlength=5).tolist() == [6] * 5
+    index = pd.DataFrame({"Path": [f"i{i}.png" for i in range(120)]})
+    it = naming_items(v[:, None], index, "/nowhere", [0])[0]
+    assert it.image_ids == [f"i{i}" + ".png" for i in paper_examples(v, 30, 0)] and it.unit_kind == "sae"
+    assert it.n_active == 90
 
 
 def test_published_examples_cap_at_100_and_an_even_count():
@@ -84,6 +109,15 @@ def test_quantile_examples_take_evenly_from_activation_bins():
     assert got.tolist() != quantile_examples(v, 12, 5, seed=5).tolist()
     assert sorted(quantile_examples(v, n=50, seed=1).tolist()) == list(range(50))   # all, shuffled
     assert quantile_examples(v, n=50, seed=1).tolist() != list(range(50))
+    halves = quantile_examples(v, n=5, bins=2, seed=0)                 # 2.5 rounds to 2: strong half 2, weak half 3
+    assert sorted(np.bincount(np.asarray(halves) // 25, minlength=2).tolist()) == [2, 3]
+    assert np.bincount(np.asarray(halves) // 25, minlength=2).tolist() == [2, 3]
+    five = np.zeros(10); five[[1, 3, 5, 7, 9]] = [5.0, 4.0, 3.0, 2.0, 1.0]
+    assert sorted(quantile_examples(five, n=5, bins=2).tolist()) == [1, 3, 5, 7, 9]   # exactly n: all of them
+    ties = np.random.default_rng(1).integers(1, 4, 90).astype(float)
+    r = ranked(ties)
+    got = quantile_examples(ties, n=10, bins=5, seed=2)
+    assert [sum(r.index(i) // 18 == b for i in got) for b in range(5)] == [2] * 5   # bins of the stable ranking
     three = quantile_examples(v, n=6, bins=3, seed=0)
     assert np.bincount(np.asarray(three) // 17, minlength=3).tolist() == [2, 2, 2]  # bins of 17, 17 and 16
     assert len(quantile_examples(np.zeros(5), 10)) == 0
