@@ -209,7 +209,7 @@ def train_phantom_encoder(root: str | Path, out_dir: str | Path, cfg: EncoderTra
                 steps=int(sum(e["steps"] for e in log)),
                 timing=dict(load_s=round(t_load, 1), text_s=round(t_text, 1), train_s=round(t_train, 1),
                             total_s=round(time.time() - t0, 1)),
-                zero_shot_auroc=auroc["zero_shot_auroc"].dropna().round(4).to_dict(),     # findings (prompts)
+                zero_shot_auroc=auroc.loc[list(FINDING_PROMPTS), "zero_shot_auroc"].round(4).to_dict(),   # findings
                 probe_auroc=auroc["probe_auroc"].round(4).to_dict(), **environment_info())
     save_phantom_encoder(model, out.weights, meta)
     return meta, model
