@@ -241,7 +241,8 @@ def phantom_concepts(gt: pd.DataFrame, min_pos: int = 10) -> Concepts:
     from medsae.encoders import FINDING_PROMPTS
     from medsae.reports import KEYWORDS, TECHNICAL
     cols, names, kinds, phrases, patterns = [], [], [], {}, {}
-    miss = [c for c in ("nuisance.view", "nuisance.marker") if c not in gt.columns]
+    miss = [f"nuisance.{c}" for c in ("view", "marker", "rotation_deg", "inspiration", "exposure")
+            if f"nuisance.{c}" not in gt.columns]                           # the technical rules read them all
     if miss: raise MetricError(f"ground-truth table lacks {miss}: is it a PhantomCXR ground_truth.csv?")
     def add(n, v, kind, ph, pat):
         cols.append(np.asarray(v, dtype=float)); names.append(n); kinds.append(kind); phrases[n] = ph; patterns[n] = pat
@@ -253,7 +254,6 @@ def phantom_concepts(gt: pd.DataFrame, min_pos: int = 10) -> Concepts:
     nu = gt[[c for c in gt.columns if c.startswith("nuisance.")]].rename(columns=lambda c: c[len("nuisance."):])
     rows = nu.to_dict("records")
     for f, (rule, pat, _) in TECHNICAL.items():
-        if not all(k in nu.columns for k in ("view", "rotation_deg", "inspiration", "exposure", "marker")): break
         add(f, [rule(r) for r in rows], "technical", TECHNICAL_PHRASES[f], pat)
     for n, (rule, ph, pat) in CATEGORICAL_NUISANCE.items():
         add(n, rule(gt), "nuisance", ph, pat)

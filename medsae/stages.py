@@ -113,14 +113,19 @@ def run_encoder(cfg: Config):
 
 # %% ../nbs/89_stages.ipynb #f8a0b94e
 def _phantom(p, run) -> dict:
+    from medsae import data as D
     from medsae.data import save_figure
     from medsae.layout import DatasetFolder
     from medsae.phantom import Anatomy
     from medsae.phantomcxr import findings_figure, generate_phantom, nuisance_figure
+    from medsae.assets import asset_path
+    from medsae.phantomcxr import sample_studies
     from tqdm.auto import tqdm
+    table = D.read_chexpert_csv(asset_path("chexpert_train"))
+    sample_studies(table, p.cfg.phantom, p.cfg.run.seed)        # an impossible request fails now, not after the anatomy
     steps = tqdm(total=4, desc="phantom", unit="step", postfix="anatomy projections")
     an = Anatomy.build(p.cfg.phantom.size); steps.update(); steps.set_postfix_str("radiographs")
-    man = generate_phantom(run.path, p.cfg.phantom, p.cfg.run.seed, label_policy(p.cfg), anatomy=an)
+    man = generate_phantom(run.path, p.cfg.phantom, p.cfg.run.seed, label_policy(p.cfg), table=table, anatomy=an)
     out = DatasetFolder(run.path)
     steps.update(); steps.set_postfix_str("findings figure")
     save_figure(findings_figure(an), out.findings); steps.update(); steps.set_postfix_str("nuisance figure")
@@ -282,7 +287,7 @@ STAGES: tuple[Stage, ...] = (
            "data.preprocess"), _extract,
           external=_extract_external),
     Stage("sae", "the SAE, its sweep and its exports", ("extract",), ("sae",), _sae,
-          lambda L: [L.sae.sweep, L.sae.sweep_pareto, L.sae.curve]),
+          lambda L: [L.sae.sweep, L.sae.sweep_pareto, L.sae.sweep_curves_figure, L.sae.curve]),
     Stage("activations", "the SAE's codes of every split, stored sparse", ("sae", "extract"), (), _activations,
           part_of="evaluate"),
     Stage("evaluate", "monosemanticity: SAE latents vs raw dimensions; concept recovery", ("activations", "phantom"),

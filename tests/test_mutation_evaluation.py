@@ -3,6 +3,8 @@ resampled rows, scikit-learn's AUROC, brute-force matching, and cases worked out
 medsae.evaluation: `make mutate`)."""
 import itertools
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -435,31 +437,37 @@ def test_polysemanticity_by_hand():
 def test_phantom_concepts_by_hand():
     from medsae.encoders import FINDING_PROMPTS
     n = 40
-    rot = np.linspace(-19.5, 19.5, n)                                       # |rotation| above its 75th percentile
+    rot = np.linspace(-19.5, 19.5, n)                                       # 28 with |rotation| > 6 degrees, 12 within
     gt = pd.DataFrame({"planted.Edema": np.r_[np.ones(12), np.zeros(28)],
                        "planted.No Finding": np.r_[np.zeros(12), np.ones(28)],
                        "planted.Fracture": np.r_[np.ones(9), np.zeros(31)],       # 9 positives < 10: dropped
                        "nuisance.view": ["AP"] * 15 + ["PA"] * 25,
                        "nuisance.marker": ["L"] * 10 + ["R"] * 10 + ["none"] * 20,
                        "nuisance.annotation": ["PORTABLE"] * 10 + [None] * 10 + ["none"] * 20,
-                       "nuisance.rotation_deg": rot, "nuisance.exposure": np.arange(n, dtype=float)})
+                       "nuisance.rotation_deg": rot,
+                       "nuisance.inspiration": [0.94] * 10 + [0.95] * 5 + [1.0] * 25,   # 0.95 is not below 0.95
+                       "nuisance.exposure": [-0.3] * 10 + [-0.25] * 5 + [0.25] * 10 + [0.3] * 15,   # bounds excluded
+                       "nuisance.contrast": np.arange(n, dtype=float)})
     c = phantom_concepts(gt, min_pos=10)
-    assert c.names == ["Edema", "No Finding", "view AP", "marker L", "marker R", "text annotation",
-                       "patient rotation", "exposure shift"]
-    assert c.kinds == ["finding"] * 2 + ["nuisance"] * 6 and c.dropped == ["Fracture"]
-    assert c.y.shape == (40, 8) and set(np.unique(c.y)) == {0.0, 1.0}
-    assert c.y[:, 0].tolist() == [1.0] * 12 + [0.0] * 28 and c.y[:, 2].sum() == 15
-    assert c.y[:, 3].tolist() == [1.0] * 10 + [0.0] * 30 and c.y[:, 4].tolist() == [0.0] * 10 + [1.0] * 10 + [0.0] * 20
-    assert c.y[:, 5].tolist() == [1.0] * 10 + [0.0] * 30                    # None and "none": no annotation
-    a = np.abs(rot)
-    assert c.y[:, 6].tolist() == (a > np.quantile(a, 0.75)).astype(float).tolist() and c.y[:, 6].sum() == 10
-    assert c.y[:, 7].tolist() == [0.0] * 30 + [1.0] * 10                    # exposure: not folded, the top quarter
+    assert c.names == ["Edema", "No Finding", "view AP", "patient rotation", "low lung volumes", "underpenetrated film",
+                       "overexposed film", "marker L", "marker R", "text annotation", "high contrast"]
+    assert c.kinds == ["finding"] * 2 + ["technical"] * 7 + ["nuisance"] * 2 and c.dropped == ["Fracture"]
+    assert c.y.shape == (40, 11) and set(np.unique(c.y)) == {0.0, 1.0}
+    col = lambda name: c.y[:, c.names.index(name)].tolist()
+    assert col("Edema") == [1.0] * 12 + [0.0] * 28 and col("view AP") == [1.0] * 15 + [0.0] * 25
+    assert col("patient rotation") == [1.0] * 14 + [0.0] * 12 + [1.0] * 14
+    assert col("low lung volumes") == [1.0] * 10 + [0.0] * 30
+    assert col("underpenetrated film") == [1.0] * 10 + [0.0] * 30 and col("overexposed film") == [0.0] * 25 + [1.0] * 15
+    assert col("marker L") == [1.0] * 10 + [0.0] * 30 and col("marker R") == [0.0] * 10 + [1.0] * 10 + [0.0] * 20
+    assert col("text annotation") == [1.0] * 10 + [0.0] * 30                  # None and "none": no annotation
+    assert col("high contrast") == [0.0] * 30 + [1.0] * 10                    # other nuisance: the top quarter
     assert c.phrases["Edema"] == ["edema"] + FINDING_PROMPTS.get("Edema", [])
     assert c.phrases["No Finding"][0] == "no finding" and "normal chest" in c.phrases["No Finding"]
-    assert c.phrases["view AP"] == ["AP view", "anteroposterior projection", "portable AP film"]
+    assert c.phrases["view AP"] == ["AP view", "anteroposterior projection", "portable AP film", "AP portable view"]
     assert c.phrases["patient rotation"] == ["rotated patient", "patient rotation", "rotation"]
-    assert set(c.phrases) == set(c.names)
+    assert set(c.phrases) == set(c.names) == set(c.patterns)
+    assert re.search(c.patterns["low lung volumes"], "Low lung volumes.", re.I)
     few_neg = gt.assign(**{"nuisance.view": ["AP"] * 31 + ["PA"] * 9})      # 9 negatives: dropped too
     assert "view AP" in phantom_concepts(few_neg, 10).dropped and "view AP" not in phantom_concepts(few_neg, 9).dropped
-    with pytest.raises(MetricError) as e: phantom_concepts(gt.drop(columns=["nuisance.marker"]))
-    assert str(e.value) == "ground-truth table lacks ['nuisance.marker']: is it a PhantomCXR ground_truth.csv?"
+    with pytest.raises(MetricError) as e: phantom_concepts(gt.drop(columns=["nuisance.inspiration"]))
+    assert str(e.value) == "ground-truth table lacks ['nuisance.inspiration']: is it a PhantomCXR ground_truth.csv?"
