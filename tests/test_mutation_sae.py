@@ -356,6 +356,7 @@ def test_lr_schedule_by_hand():
     assert [lr_at(s, 20, c) for s in (10, 15, 19)] == [1.0, 0.5, 0.1]   # decay from step 10: (20 - s) / 10
     assert lr_at(25, 20, c) == 0.0
     assert lr_at(5, 20, SAEConfig(lr=0.01)) == 0.01                      # no warm-up, no decay
+    assert lr_at(20, 20, SAEConfig(lr=0.01)) == lr_at(25, 20, SAEConfig(lr=0.01)) == 0.01   # decay_start 1: never
     c2 = SAEConfig(lr=2.0, warmup_steps=10, decay_start=0.1)
     assert math.isclose(lr_at(3, 20, c2), 2.0 * 0.4 * (20 - 3) / 18)       # warm-up and decay at once
 
@@ -368,12 +369,15 @@ def test_steps_intervals_and_dead_latents_by_hand():
     assert resample_interval(1050, SAEConfig(batch_size=100, resample_every=7, resample_epochs=2.5)) == 25
     assert resample_interval(1050, SAEConfig(batch_size=100, resample_epochs=0.26)) == 3
     assert resample_interval(50, SAEConfig(batch_size=100, resample_epochs=0.1)) == 1
+    assert resample_interval(50, SAEConfig(batch_size=100, resample_epochs=1.0)) == 1   # a partial batch: one step
     since = torch.tensor([0, 1000, 1001, 1099, 1100, 5000])
     pub = SAEConfig(batch_size=100, resample_epochs=2.0, resample_rule="published", dead_window=10)
     # interval 2 x 10 = 20 steps; dead when silent for more than 20 // 2 x 100 = 1000 samples
     assert dead_mask(since, 1000, pub).tolist() == [False, False, True, True, True, True]
     ours = SAEConfig(batch_size=100, dead_window=1099)
     assert dead_mask(since, 1000, ours).tolist() == [False, False, False, True, True, True]
+    odd = SAEConfig(batch_size=100, resample_epochs=2.1, resample_rule="published")  # 21 steps: 21 // 2 = 10
+    assert dead_mask(torch.tensor([1000, 1001, 1049]), 1000, odd).tolist() == [False, True, True]
     never = SAEConfig(batch_size=100, resample_rule="published", dead_window=5000)   # published, never resampling
     assert dead_mask(since, 1000, never).tolist() == [False] * 5 + [True]
 
@@ -386,6 +390,7 @@ def test_penalty_scales_by_hand():
     q = penalty_scales(x, SAEConfig(l1=3e-5, normalise="published"))
     assert q["normalise"] == "published" and q["l1_paper_scale"] == pytest.approx(3e-5 * s)
     assert q["l1_published_scale"] == pytest.approx(3e-5)
+    assert penalty_scales(x * 1.1, SAEConfig())["scale_s"] == 0.671408          # sqrt(3 / 6.655), to 6 decimals
 
 
 def test_sweep_grid_selection_and_pareto_front_by_hand():
@@ -400,3 +405,5 @@ def test_sweep_grid_selection_and_pareto_front_by_hand():
     assert list(pareto_front(t)) == ["a", "b", "d", "e"]                 # c: same L0 as b, lower FVE
     t2 = pd.DataFrame({"l0": [10.0, 10.0], "fve": [0.5, 0.5]}, index=["x", "y"])
     assert list(pareto_front(t2)) == ["x", "y"]                          # equal rows do not dominate each other
+    t3 = pd.DataFrame({"l0": [10.0, 20.0], "fve": [0.5, 0.5]}, index=["x", "y"])
+    assert list(pareto_front(t3)) == ["x"]                               # as good, sparser: dominates
