@@ -74,6 +74,27 @@ def test_weighted_r_equals_corrcoef_on_the_repeated_rows(sparse):
     assert np.isnan(R[:, 2, :]).all()
 
 
+def test_weighted_r_tolerances_and_bounds():
+    "Rounding is not variance (a large inexact constant), a tiny scale is; r never leaves [-1, 1]."
+    rng = np.random.default_rng(3)
+    n = 30
+    y = (rng.random((n, 2)) < 0.5).astype(float); y[0], y[1] = [1, 1], [0, 0]
+    y[:, 1] = 12345.678                                                # a label constant up to rounding
+    a = np.c_[np.full(n, 12345.678), 1e-6 * rng.random(n), 3.3 * y[:, 0] + 4.9, -2.1 * y[:, 0] + 0.7]
+    W = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(2)], 1).astype(float)
+    for A in (sp.csr_matrix(a), a):
+        A2 = A.multiply(A).tocsr() if sp.issparse(A) else a * a
+        R = _weighted_r(A, A2, y, np.ones_like(y), W)
+        assert np.isnan(R[:, 0, :]).all() and np.isnan(R[:, :, 1]).all()
+        for b in range(2):
+            rows = np.repeat(np.arange(n), W[:, b].astype(int))
+            assert np.isclose(R[b, 1, 0], np.corrcoef(a[rows, 1], y[rows, 0])[0, 1])
+        assert np.allclose(R[:, 2, 0], 1.0) and np.allclose(R[:, 3, 0], -1.0) and (np.abs(R[:, 2:, 0]) <= 1).all()
+    R = _weighted_r(a[:, 1:2], a[:, 1:2] ** 2, 1e-6 * y[:, :1], np.ones((n, 1)), W)   # tiny labels too
+    rows = np.repeat(np.arange(n), W[:, 0].astype(int))
+    assert np.isclose(R[0, 0, 0], np.corrcoef(a[rows, 1], y[rows, 0])[0, 1])
+
+
 def test_weighted_r_label_constant_under_a_weighting_is_nan():
     y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]], dtype=float)
     a = np.array([[1.0], [2.0], [4.0], [3.0]])
@@ -98,6 +119,7 @@ def test_stats_of_r_by_hand():
     assert np.isclose(s["mean_best_entropy"], (h[0] + h[2] + h[1]) / 3)
     assert np.isclose(s["mean_max_r"], (0.5 + 0.3 + 0.3) / 3)        # over all units, NaN ignored
     assert _stats_of_r(np.array([[0.5, np.nan, 0.1], [0.3, np.nan, 0.2]]), LABS, 0.2) is None   # B undefined
+    assert _stats_of_r(r, LABS, 0.45)["entering"] == 2                 # units 0 and 1: the threshold is used
     r2 = np.array([[0.9, 0.05, -0.3], [0.15, 0.18, 0.1]])
     s2 = _stats_of_r(r2, LABS, 0.2)                                    # mean_max_r counts units below the threshold
     assert np.isclose(s2["mean_max_r"], (0.9 + 0.18 + 0.1) / 3) and s2["entering"] == 1
@@ -116,7 +138,8 @@ def test_fixed_stats_remeasures_the_selected_units():
     assert np.isclose(s["mean_best_r"], (0.3 + 0.25 + 0.4) / 3)
     assert np.isclose(s["mean_best_entropy"], h.mean())
     r_nan = r_new.copy(); r_nan[:, 1] = np.nan                          # label B without variation: dropped
-    assert all(np.isnan(v) for v in _fixed_stats(r_nan, mono).values())
+    dropped = _fixed_stats(r_nan, mono)
+    assert set(dropped) == {"mean_entropy", "mean_best_r", "mean_best_entropy"} and all(np.isnan(v) for v in dropped.values())
     # a class without an entering unit is left out of the best-unit means
     mono2 = monosemanticity(Correlations(np.array([[0.6, 0.05, 0.0], [0.1, 0.1, -0.3]]), LABS, 50,
                                          np.array([], dtype=int), ()), 0.2)
@@ -200,7 +223,7 @@ def test_permutation_null_by_hand():
     null = permutation_null(units, y, LABS, n_perm=4, seed=9, threshold=0.2)
     assert list(null.columns) == ["permutation", "units", "mean_entropy", "mean_best_r", "mean_best_entropy",
                                   "entering", "mean_max_r", "degenerate"]
-    assert null.permutation.tolist() == [0, 0, 1, 1, 2, 2, 3, 3] and not null.degenerate.any()
+    assert null.permutation.tolist() == [0, 0, 1, 1, 2, 2, 3, 3] and null.degenerate.tolist() == [False] * 8
     rng = np.random.default_rng(9)
     for p in range(4):
         perm = rng.permutation(50)
@@ -210,7 +233,7 @@ def test_permutation_null_by_hand():
             for k, v in want.items(): assert np.isclose(got[k], v), (p, name, k)
     mask = np.ones_like(y, dtype=bool); mask[:, 2] = y[:, 2] == 1       # label C: only positives defined
     deg = permutation_null({"u": a}, y, LABS, mask, n_perm=2, seed=0)
-    assert deg.degenerate.all() and deg[["mean_entropy", "mean_best_r", "mean_best_entropy", "entering",
+    assert deg.degenerate.tolist() == [True, True] and deg[["mean_entropy", "mean_best_r", "mean_best_entropy", "entering",
                                          "mean_max_r"]].isna().all().all()
     m2 = np.ones_like(y, dtype=bool); m2[5:10] = False
     got = permutation_null({"u": a}, y, LABS, m2, n_perm=1, seed=3).iloc[0]
@@ -354,7 +377,11 @@ def test_auroc_matrix_equals_sklearn_dense_sparse_and_signed():
         auc = auroc_matrix(acts, y)
         want = np.array([[roc_auc_score(y[:, c], ref[:, j]) for c in range(3)] for j in range(4)])
         assert np.allclose(auc, want), type(acts)
-    with pytest.raises(MetricError, match="no positive or no negative"): auroc_matrix(v, np.c_[y[:, :2], np.ones(50)])
+    ints = sp.csr_matrix(np.round(v * 2).astype(np.int64))            # integer activations with ties: half ranks
+    assert np.allclose(auroc_matrix(ints, y), [[roc_auc_score(y[:, c], ints[:, [j]].toarray().ravel()) for c in range(3)]
+                                                for j in range(4)])
+    with pytest.raises(MetricError) as e: auroc_matrix(v, np.c_[y[:, :2], np.ones(50)])
+    assert str(e.value) == "a concept has no positive or no negative image"
     with pytest.raises(MetricError, match="no positive or no negative"): auroc_matrix(v, np.c_[y[:, :2], np.zeros(50)])
 
 
@@ -369,6 +396,12 @@ def test_recovery_margin_rule_above_the_threshold_with_a_close_second_concept():
     assert np.isclose(t.loc["effusion", "auroc"], 0.92) and np.isclose(t.loc["effusion", "best_auroc"], 0.95)
     assert np.isclose(t.loc["effusion", "margin"], 0.37) and t.loc["effusion", "next_concept"] == "edema"
     assert np.isclose(t.loc["effusion", "next_auroc"], 0.55)
+    assert concept_recovery(auc, names).equals(concept_recovery(auc, names, 0.9, 0.1))     # the rule's defaults
+    assert not concept_recovery(auc, names, 0.9, 0.38).set_index("concept").loc["effusion", "recovered"]
+    last = concept_recovery(np.array([[0.95, 0.3, 0.6]]), names, 0.9, 0.1).iloc[0]   # the best other is the last
+    assert last.next_concept == "marker L" and np.isclose(last.next_auroc, 0.6) and np.isclose(last.margin, 0.35)
+    at = concept_recovery(np.array([[0.875, 0.25], [0.9375, 0.875]]), ["a", "b"], 0.875, 0.25).iloc[0]
+    assert at.unit == 0 and at.recovered                               # exactly at the AUROC bound: a candidate
     only = concept_recovery(auc[[0, 2, 3]], names, 0.9, 0.1).set_index("concept")   # without the dedicated unit
     assert only.loc["effusion", "unit"] == 0 and not only.loc["effusion", "recovered"]
     assert np.isclose(only.loc["effusion", "margin"], 0.05) and only.loc["effusion", "next_concept"] == "edema"
@@ -420,6 +453,7 @@ def test_hungarian_matching_equals_brute_force():
 def test_polysemanticity_by_hand():
     auc = np.array([[0.9, 0.2, 0.5], [0.5, 0.5, 0.5], [0.75, 0.6, 0.1], [0.74, 0.26, 0.5]])
     p = polysemanticity(auc, 0.75)
+    assert polysemanticity(auc) == p                                   # 0.75 by default
     # unit 0: 0.9 and 1-0.2 -> 2 concepts; unit 1: none; unit 2: 0.75 and 0.9 -> 2; unit 3: 0.74 -> 1 - 0.26 = 0.74 no
     assert p == dict(units=4, responsive=2, mean_concepts=2.0, share_multi=1.0, max_concepts=2)
     q = polysemanticity(np.array([[0.8, 0.5], [0.5, 0.5], [0.1, 0.95]]), 0.75)
@@ -464,6 +498,14 @@ def test_phantom_concepts_by_hand():
     assert c.phrases["Edema"] == ["edema"] + FINDING_PROMPTS.get("Edema", [])
     assert c.phrases["No Finding"][0] == "no finding" and "normal chest" in c.phrases["No Finding"]
     assert c.phrases["view AP"] == ["AP view", "anteroposterior projection", "portable AP film", "AP portable view"]
+    assert phantom_concepts(gt).names == c.names                       # min_pos 10 by default
+    assert phantom_concepts(gt, 11).dropped == ["Fracture", "low lung volumes", "underpenetrated film", "marker L",
+                                                "marker R", "text annotation", "high contrast"]
+    assert c.phrases["No Finding"] == ["no finding", "no acute findings", "normal chest", "clear lungs"]
+    odd = phantom_concepts(gt.assign(**{"planted.Pleural Thickening": np.r_[np.ones(12), np.zeros(28)]}))
+    assert odd.phrases["Pleural Thickening"] == ["pleural thickening"]  # no prompts known: its own name only
+    at_q = phantom_concepts(gt.assign(**{"nuisance.contrast": np.r_[np.zeros(29), np.ones(11)]}), 1)
+    assert "high contrast" in at_q.dropped                              # the 75th percentile is 1: none above it
     assert c.phrases["patient rotation"] == ["rotated patient", "patient rotation", "rotation"]
     assert set(c.phrases) == set(c.names) == set(c.patterns)
     assert re.search(c.patterns["low lung volumes"], "Low lung volumes.", re.I)
@@ -471,3 +513,76 @@ def test_phantom_concepts_by_hand():
     assert "view AP" in phantom_concepts(few_neg, 10).dropped and "view AP" not in phantom_concepts(few_neg, 9).dropped
     with pytest.raises(MetricError) as e: phantom_concepts(gt.drop(columns=["nuisance.inspiration"]))
     assert str(e.value) == "ground-truth table lacks ['nuisance.inspiration']: is it a PhantomCXR ground_truth.csv?"
+
+
+def test_compare_units_passes_the_mask_threshold_and_detector_rule_everywhere():
+    "A mask, a threshold and a detector rule other than the defaults reach every number of the table."
+    rng = np.random.default_rng(11)
+    n = 90
+    y = (rng.random((n, 3)) < 0.4).astype(float); y[0], y[1] = 1, 0
+    mask = rng.random((n, 3)) < 0.8; mask[:2] = True
+    sae = np.abs(rng.normal(size=(n, 5))) * (rng.random((n, 5)) < 0.6); sae[:, :3] += 1.5 * y
+    noise = rng.normal(size=(n, 4)); noise[:, 0] += 0.9 * y[:, 0]       # a weak signal: the null is often as high
+    emb = rng.normal(size=(n, 6))
+    units = {"raw": noise, "sae": sae}
+    sel = ({"raw": noise[::-1].copy(), "sae": sae[::-1].copy()}, y[::-1].copy(), mask[::-1].copy())
+    tab, det = compare_units(units, y, LABS, mask, threshold=0.3, n_boot=6, n_perm=9, seed=2, detector_top=0.5,
+                             ms_emb=emb, ms_sample=50, select_on=sel)
+    t = tab.set_index("units")
+    pd.testing.assert_frame_equal(det["bootstrap"], paired_bootstrap(units, y, LABS, mask, 6, 2, 0.3))
+    pd.testing.assert_frame_equal(det["null"], permutation_null(units, y, LABS, mask, 9, 3, 0.3))
+    for name, u in units.items():
+        d = detection(u, y, mask, top=0.5)
+        assert np.allclose(det[name]["detection"].f1, d.f1) and np.isclose(t.loc[name, "mean_max_f1"], d.f1.max(0).mean())
+        m = monosemanticity(correlations(u, y, LABS, mask), 0.3)
+        assert t.loc[name, "entering"] == len(m.entering)
+        ms_sel = monosemanticity(correlations(sel[0][name], sel[1], LABS, sel[2]), 0.3)   # chosen under its mask
+        r_here = correlations(u, y, LABS, mask).r
+        assert np.isclose(t.loc[name, "heldout_mean_best_r"], r_here[ms_sel.best_unit, range(3)].mean())
+    assert np.isfinite(t.loc["raw", "heldout_mean_best_r"])
+    pure = rng.normal(size=(n, 4))                                      # no signal: the null is often as high
+    tn, dn = compare_units({"noise": pure}, y, LABS, mask, threshold=0.3, n_boot=0, n_perm=9, seed=2)
+    nv = dn["null"]["mean_max_r"].to_numpy()
+    assert (nv >= tn.loc[0, "mean_max_r"]).sum() >= 1
+    assert np.isclose(tn.loc[0, "mean_max_r_null_p"], (1 + (nv >= tn.loc[0, "mean_max_r"]).sum()) / 10)
+    for k in ("ms_mean", "heldout_mean_best_r", "heldout_mean_best_entropy", "mean_max_f1"):
+        assert np.isclose(t.loc["sae - raw", k], t.loc["sae", k] - t.loc["raw", k]), k
+
+
+def test_compare_units_when_no_unit_enters():
+    a, y, _ = _data(12, n=60)
+    tab, _ = compare_units({"u": a}, y, LABS, threshold=0.99, n_boot=0, n_perm=0)
+    assert tab.loc[0, "entering"] == 0 and tab.loc[0, "classes_without_unit"] == "A, B, C"
+    assert tab.loc[0, "mean_best_unit_f1"] == 0.0 and np.isnan(tab.loc[0, "mean_best_entropy"])
+
+
+def test_bootstrap_selects_units_under_the_mask():
+    "Unit 1 follows label A only on images where A is masked out: on the defined images unit 0 is A's best."
+    rng = np.random.default_rng(5)
+    n = 80
+    y = (rng.random((n, 1)) < 0.5).astype(float); y[0], y[1] = 1, 0
+    mask = np.ones((n, 1), bool); mask[40:] = False
+    a = rng.normal(size=(n, 2)); a[:, 0] += y[:, 0]; a[40:, 1] += 10 * y[40:, 0]
+    mono = monosemanticity(correlations(a, y, ["A"], mask), 0.2)
+    assert list(mono.best_unit) == [0] and monosemanticity(correlations(a, y, ["A"]), 0.2).best_unit[0] == 1
+    boot = paired_bootstrap({"u": a}, y, ["A"], mask, n_boot=3, seed=0)
+    idx = np.sort(np.random.default_rng(0).integers(0, n, n))
+    want = _reference_resample(a, y, mask, mono, idx)
+    assert np.isclose(boot.mean_best_r.iloc[0], want["mean_best_r"])
+
+
+def test_defaults_are_the_papers_1000_resamples_200_permutations_threshold_and_top_30():
+    "The defaults, once, on a tiny set (the statistics' defaults are what the paper's table means)."
+    a, y, rng = _data(13, n=40, m=4)
+    units = {"raw": a + rng.normal(size=a.shape), "sae": a}
+    tab, det = compare_units(units, y, LABS)
+    assert len(det["bootstrap"]) == 2000 and len(det["null"]) == 400
+    pd.testing.assert_frame_equal(det["bootstrap"], paired_bootstrap(units, y, LABS))
+    first = lambda b: b[b["resample"] < 4].sort_values(["resample", "units"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(first(paired_bootstrap(units, y, LABS)), first(paired_bootstrap(units, y, LABS, None, 4, 0, 0.2)))
+    pd.testing.assert_frame_equal(det["null"], permutation_null(units, y, LABS, None, 200, 1, 0.2))
+    pd.testing.assert_frame_equal(permutation_null(units, y, LABS).iloc[:6], permutation_null(units, y, LABS, None, 3, 0, 0.2))
+    t = tab.set_index("units")
+    for name, u in units.items():
+        assert t.loc[name, "entering"] == len(monosemanticity(correlations(u, y, LABS), 0.2).entering)
+        assert np.isclose(t.loc[name, "mean_max_f1"], detection(u, y, top=0.3).f1.max(0).mean())

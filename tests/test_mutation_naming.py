@@ -148,7 +148,7 @@ def test_naming_items_show_the_selected_images_of_each_unit(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 
 def test_eval_set_ours_by_hand():
-    v = np.zeros(20); v[[2, 5, 7, 11]] = [3.0, 1.0, 2.0, 1e-8]
+    v = np.zeros(20); v[[2, 5, 7, 11, 13]] = [3.0, 1.0, 2.0, 1e-8, 1e-7]      # 1e-8 and 1e-7: not activating
     idx, truth = eval_set(v, n_pos=2, n_neg=5, seed=1)
     got = dict(zip(idx.tolist(), truth.tolist()))
     assert {i for i, t in got.items() if t == 1} == {2, 7}             # the two strongest
@@ -163,7 +163,14 @@ def test_eval_set_ours_by_hand():
     perm = rng.permutation(7)
     assert idx.tolist() == np.r_[[2, 7], neg_want][perm].tolist()       # seeded: negatives, then the shuffle
     few = eval_set(v, n_pos=10, n_neg=100, seed=0)                      # 3 activating, all 17 others
-    assert sorted(few[0][few[1] == 1].tolist()) == [2, 5, 7] and len(few[0]) == 20
+    assert sorted(few[0][few[1] == 1].tolist()) == [2, 5, 7] and len(few[0]) == 20 and 13 in few[0]
+    big = np.zeros(100); big[:50] = np.linspace(50, 1, 50)
+    d, t = eval_set(big)                                               # 30 and 30, seed 0, ours by default
+    assert d.tolist() == eval_set(big, 30, 30, 0, "sae", False)[0].tolist() and t.sum() == 30 and len(d) == 60
+    ties = np.random.default_rng(4).integers(0, 4, 200).astype(float)  # ties among the activating: by index
+    top = [i for i in sorted(range(200), key=lambda i: (-ties[i], i)) if ties[i] > 0][:25]
+    d2, t2 = eval_set(ties, 25, 10, seed=1)
+    assert sorted(d2[t2 == 1].tolist()) == sorted(top)
     assert (few[1] == (v[few[0]] > 1e-7)).all()
 
 
@@ -172,24 +179,31 @@ def test_eval_set_raw_dimensions_top_against_below_the_median():
     idx, truth = eval_set(v, n_pos=3, n_neg=3, seed=0, unit_kind="raw")
     pos = sorted(idx[truth == 1].tolist()); neg = idx[truth == 0].tolist()
     assert pos == [0, 2, 5] and len(neg) == 3 and all(v[i] < 0.5 for i in neg) and len(set(neg)) == 3
+    w = np.array([5.0, -1.0, 3.0, 0.0, -2.0])                           # median 0.0, a value: not below itself
+    i5, t5 = eval_set(w, n_pos=1, n_neg=5, seed=0, unit_kind="raw")
+    assert sorted(i5[t5 == 0].tolist()) == [1, 4]
     assert eval_set(v, 3, 3, seed=0, unit_kind="raw", published=True)[0].tolist() == idx.tolist()   # sae only
 
 
 def test_eval_set_published_pads_and_draws_with_replacement_when_short():
     v = np.zeros(8); v[[1, 4]] = [2.0, 1.0]
     assert published_positives(v, 4).tolist() == [1, 4, 0, 2]          # then zeros, by index
+    assert published_positives(np.arange(40.0)).tolist() == list(range(39, 9, -1))   # the published 30 by default
     idx, truth = eval_set(v, n_pos=4, n_neg=9, seed=3, published=True)  # 6 non-activating for 9 draws
     assert len(idx) == 13 and truth.sum() == 2 and (truth == (v[idx] >= 1e-7)).all()
     rng = np.random.default_rng(3)
     neg = rng.choice(np.flatnonzero(v <= 1e-7), size=9, replace=True)
     assert sorted(idx.tolist()) == sorted([1, 4, 0, 2] + neg.tolist())
-    idx2, _ = eval_set(v, n_pos=2, n_neg=3, seed=3, published=True)    # enough: without replacement
-    assert len(idx2) == 5 and len(set(idx2.tolist())) == 5
+    idx2, _ = eval_set(v, n_pos=2, n_neg=6, seed=3, published=True)    # just enough: without replacement
+    assert len(idx2) == 8 and sorted(idx2.tolist()) == list(range(8))
     allpos = np.ones(5)
     i3, t3 = eval_set(allpos, 2, 3, seed=0, published=True)             # no non-activating image at all
-    assert len(i3) == 2 and t3.tolist() == [1, 1]
+    assert len(i3) == 2 and t3.tolist() == [1, 1] and i3.dtype.kind == "i"
     i4, t4 = eval_set(allpos, 2, 3, seed=0)
-    assert len(i4) == 2 and t4.tolist() == [1, 1]
+    assert len(i4) == 2 and t4.tolist() == [1, 1] and i4.dtype.kind == "i"
+    edge = np.zeros(6); edge[[0, 1]] = [1e-7, 2.0]                       # published truth: activation >= 1e-7
+    ie, te = eval_set(edge, n_pos=2, n_neg=2, seed=0, published=True)
+    assert dict(zip(ie.tolist(), te.tolist()))[0] == 1
 
 
 def test_detection_scores_by_hand():
@@ -197,6 +211,8 @@ def test_detection_scores_by_hand():
     # tp 2 (0, 4), fp 1 (1), fn 2 (2, 3: unanswered counts as 0); correct: 0, 4, 5
     assert s == dict(accuracy=0.5, precision=2 / 3, recall=0.5, f1=pytest.approx(2 * (2 / 3) * 0.5 / (2 / 3 + 0.5)),
                      n_images=6, unanswered=1)
+    w = detection_scores(np.array([1, 0, 0, 0, 1]), np.array([1, 0, 0, 0, 0]))   # 3 true negatives, 1 false positive
+    assert w["precision"] == 0.5 and w["recall"] == 1.0 and w["accuracy"] == 0.8
     z = detection_scores(np.array([0, 0]), np.array([0, 0]))
     assert z == dict(accuracy=1.0, precision=0.0, recall=0.0, f1=0.0, n_images=2, unanswered=0)
     e = detection_scores(np.array([], dtype=int), np.array([], dtype=int))
@@ -210,6 +226,7 @@ def test_derangement_has_no_fixed_point():
             p = derangement(n, seed)
             assert sorted(p.tolist()) == list(range(n)) and (p != np.arange(n)).all()
     assert derangement(1).tolist() == [0] and derangement(0).tolist() == []
+    assert derangement(7).tolist() == derangement(7, 0).tolist()        # seed 0 by default
     assert derangement(6, 0).tolist() == derangement(6, 0).tolist() and derangement(6, 0).tolist() != derangement(6, 1).tolist()
     rng = np.random.default_rng(5)                                     # the first derangement of the seeded draws
     while True:
@@ -260,6 +277,27 @@ def test_score_names_judges_named_units_and_the_random_baseline(tmp_path):
     assert one.unit_kind.tolist() == ["sae"]                            # one SAE name: no random baseline
 
 
+def test_score_names_defaults_and_the_seed_of_the_random_baseline(tmp_path):
+    "30 activating and 30 other images, seed 0, ours (heldout); the seed also picks which name each latent borrows."
+    rng = np.random.default_rng(3)
+    N, K = 200, 6
+    codes = np.zeros((N, K))
+    for k in range(K): codes[rng.choice(N, 40, replace=False), k] = rng.uniform(1, 2, 40)
+    index = pd.DataFrame({"Path": [f"i{i}.png" for i in range(N)]})
+    names = pd.DataFrame({"unit_kind": "sae", "unit": range(K), "namer": "v", "concept": [f"c{k}" for k in range(K)],
+                          "description": "", "ok": True})
+    j = Oracle(codes[:, 0])
+    sc = score_names(names, sp.csr_matrix(codes), np.zeros((N, 2)), index, tmp_path, j, progress=False)
+    assert (sc.n_images == 60).all() and (sc.positives == 30).all()
+    assert j.calls[0][2] == eval_set(codes[:, 0], 30, 30, 0)[0].tolist() and j.calls[0][4] == 30
+    p0 = derangement(K, 0)
+    assert sc[sc.unit_kind == "random"].concept.tolist() == [f"c{p0[i]}" for i in range(K)]
+    s5 = score_names(names, sp.csr_matrix(codes), np.zeros((N, 2)), index, tmp_path, Oracle(codes[:, 0]), seed=5,
+                     progress=False)
+    p5 = derangement(K, 5)
+    assert p5.tolist() != p0.tolist() and s5[s5.unit_kind == "random"].concept.tolist() == [f"c{p5[i]}" for i in range(K)]
+
+
 def test_score_names_published_protocol_and_the_cache(tmp_path):
     rng = np.random.default_rng(1)
     v = np.zeros(40); v[rng.choice(40, 3, replace=False)] = 1.0
@@ -289,6 +327,17 @@ def test_score_names_published_protocol_and_the_cache(tmp_path):
     score_names(names, codes, np.zeros((40, 2)), index, tmp_path, other, n_pos=5, n_neg=5, seed=0,
                 cache=NameCache(tmp_path / "j.jsonl"), progress=False, protocol="published")
     assert len(other.calls) == 4
+    for field, changed in (("concept", "a2"), ("description", "new")):  # another name of latent 0: judged afresh
+        o = Oracle(v)
+        score_names(names.assign(**{field: [changed, names[field][1]]}), codes, np.zeros((40, 2)), index, tmp_path, o,
+                    n_pos=5, n_neg=5, seed=0, cache=NameCache(tmp_path / "j.jsonl"), progress=False, protocol="published")
+        judged = [(c[0] if field == "concept" else c[1], c[2]) for c in o.calls]   # latent 0, and latent 1 borrowing it
+        assert judged == [(changed, eval_set(v, 5, 5, 0, "sae", True)[0].tolist()),
+                          (changed, eval_set(v[::-1], 5, 5, 1, "sae", True)[0].tolist())]
+    o = Oracle(v)                                                       # other images (another seed): afresh
+    score_names(names, codes, np.zeros((40, 2)), index, tmp_path, o, n_pos=5, n_neg=5, seed=1,
+                cache=NameCache(tmp_path / "j.jsonl"), progress=False, protocol="published")
+    assert len(o.calls) == 4
 
 
 def test_summarise_scores_by_hand():
@@ -301,4 +350,5 @@ def test_summarise_scores_by_hand():
     assert s.loc[("v", "sae")].tolist() == ["j", 0.7, 0.75, 0.5, 0.5, round(np.std([0.8, 0.6], ddof=1), 3), 2, 0.8]
     assert s.loc[("v", "random")].tolist() == ["j", 0.4, 0.25, 0.5, 0.3, round(np.std([0.5, 0.3], ddof=1), 3), 2, 0.5]
     assert s.loc[("w", "sae"), "units"] == 1 and np.isnan(s.loc[("w", "sae"), "accuracy_sd"])
-    assert summarise_scores(sc.assign(accuracy=[0.12345] * 5)).accuracy.iloc[0] == 0.123
+    fine = summarise_scores(sc.assign(accuracy=[0.12345] * 5))
+    assert fine.accuracy.iloc[0] == 0.123 and fine.best_accuracy.iloc[0] == 0.123

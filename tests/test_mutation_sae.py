@@ -55,14 +55,15 @@ def test_geometric_median_of_symmetric_points_and_a_point_on_the_data():
 
 
 def test_normaliser_centres_and_scales_to_d():
-    x = torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0], [2.0, 5.0, 2.0], [2.0, -1.0, 2.0]], dtype=torch.float64)
+    x = torch.tensor([[1.0, 3.0, 6.0], [3.0, 3.0, 4.0], [2.0, 6.0, 5.0], [2.0, 0.0, 5.0]], dtype=torch.float64)
     n = Normaliser.fit(x)
-    mean = np.array([2.0, 2.0, 2.0])
+    mean = np.array([2.0, 3.0, 5.0])
     sq = np.mean([2.0, 2.0, 9.0, 9.0])                                            # ||x - mean||^2 per row
     assert torch.allclose(n.mean, torch.tensor(mean, dtype=torch.float64)) and math.isclose(n.scale, math.sqrt(3 / sq))
     z = n(x)
     assert torch.allclose(z, (x - torch.tensor(mean)) * math.sqrt(3 / sq))
     assert math.isclose(float((z ** 2).sum(1).mean()), 3.0) and torch.allclose(z.mean(0), torch.zeros(3, dtype=z.dtype))
+    assert n(x.float()).dtype == torch.float32 and n.mean.dtype == torch.float64      # the input's dtype out
     ident = Normaliser.fit(x, "published")
     assert torch.equal(ident.mean, torch.zeros(3)) and ident.scale == 1.0 and torch.equal(ident(x), x)
     assert torch.equal(Normaliser.identity(4).mean, torch.zeros(4)) and Normaliser.identity(4).scale == 1.0
@@ -104,6 +105,9 @@ def test_init_from_data_puts_b_dec_at_the_geometric_median():
     s.init_from_data(torch.tensor(x, dtype=torch.float32))
     assert s.b_dec.dtype == torch.float32
     assert np.allclose(s.b_dec.detach().numpy(), median_ref(x), atol=1e-4)
+    d = ReLUSAE(3, 6).double()
+    d.init_from_data(torch.tensor(x))
+    assert d.b_dec.dtype == torch.float64 and np.allclose(d.b_dec.detach().numpy(), median_ref(x), atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -175,6 +179,13 @@ def test_auto_kernel_switches_at_the_density_bound():
     assert "fired" not in s.loss(x)
     s.kernel = "sparse"
     assert "fired" in s.loss(-torch.ones(4, 10, dtype=torch.float64) + 2)   # sparse whatever the density
+    # the dense fallback of `auto` reuses the encoder pass it already made: the same loss and gradients as `dense`
+    _set(s, b_enc=torch.linspace(-0.5, 0.5, 10), W_enc=torch.eye(10) + 0.1)
+    xa = torch.linspace(-1, 1, 70, dtype=torch.float64).reshape(7, 10)
+    out_a, g_a = _grads(s, xa, "auto")
+    out_d, g_d = _grads(s, xa, "dense")
+    assert "fired" not in out_a and torch.allclose(out_a["loss"], out_d["loss"])
+    for k in g_a: assert torch.allclose(g_a[k], g_d[k]), k
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -249,8 +260,21 @@ def test_topk_loss_with_auxk_equals_the_formula(kernel):
     assert torch.allclose(out["l1"], f.sum(-1).mean()) and torch.allclose(code_dense(out["f"]), f.detach())
     assert torch.allclose(out["x_hat"], x_hat.detach())
     for n, p in s.named_parameters(): assert torch.allclose(p.grad, ps[n].grad, atol=1e-10), (kernel, n)
+    if kernel == "sparse": assert torch.equal(out["fired"], (f > 0).any(0))
     out0 = s.loss(x, dead=None)                                        # no dead latents: no AuxK term
     assert float(out0["aux"]) == 0.0 and torch.allclose(out0["loss"], mse.detach())
+    # two dead latents that never fire: AuxK draws on nothing, whichever zeros topk returns; a small residual
+    few = torch.zeros(40, dtype=torch.bool); few[[0, 1]] = True
+    with torch.no_grad(): s.b_enc[[0, 1]] = -100.0
+    xs = x * 0.01
+    out2 = s.loss(xs, dead=few)
+    e = (xs - out2["x_hat"]).detach()
+    assert torch.allclose(out2["aux"], ((e ** 2).sum(-1).mean() / ((e - e.mean(0)) ** 2).sum(-1).mean()))
+    assert float(((e - e.mean(0)) ** 2).sum(-1).mean()) < 0.5                         # below 1: the clamp is 1e-8
+    auto = TopKSAE(6, 40, k=3, auxk_alpha=0.25, k_aux=4, kernel="auto").double()       # auto on CPU: k / m <= 0.1
+    auto.load_state_dict(s.state_dict())
+    out3 = auto.loss(x, dead=dead)
+    assert "fired" in out3 and torch.allclose(out3["loss"], s.loss(x, dead=dead)["loss"])
 
 
 def test_topk_flat_equals_topk_on_every_branch():
@@ -282,6 +306,8 @@ def test_batchtopk_keeps_the_k_times_batch_largest_and_learns_its_threshold():
     th = float(s.threshold)
     assert torch.equal(s.activation(pre), torch.relu(pre) * (pre > th))   # inference: JumpReLU, batch-independent
     assert torch.equal(s.activation(pre)[:1], s.activation(pre[:1]))
+    s.threshold.fill_(2.0)                                              # strictly above the threshold
+    assert torch.equal(s.activation(pre), torch.tensor([[5.0, 0, 0, 4], [0, 3, 0, 0], [0, 0, 0, 0]]))
     fresh = BatchTopKSAE(2, 4, k=1).eval()                             # no threshold learnt yet: BatchTopK
     assert float(fresh.threshold) == -1.0
     assert torch.equal(fresh.activation(pre), torch.tensor([[5.0, 0, 0, 4], [0, 3, 0, 0], [0, 0, 0, 0]]))
@@ -296,25 +322,29 @@ def test_matryoshka_groups_and_prefix_losses_by_hand():
     assert MatryoshkaSAE(2, 16).group_sizes == [2, 2, 4, 8]
     assert MatryoshkaSAE(2, 10, fractions=(0.3, 0.3, 0.4)).group_sizes == [3, 3, 4]
     assert MatryoshkaSAE(2, 16).config()["group_sizes"] == [2, 2, 4, 8]
-    s = MatryoshkaSAE(2, 4, k=1, auxk_alpha=0.5, k_aux=1, fractions=(0.25, 0.25, 0.5)).double()
-    _set(s, W_enc=torch.eye(2, 4), b_enc=torch.zeros(4), b_dec=torch.tensor([0.5, 0.0]),
-         W_dec=[[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    assert MatryoshkaSAE(2, 16).config()["k"] == 64
+    s = MatryoshkaSAE(4, 8, k=2, auxk_alpha=0.5, k_aux=1, fractions=(0.25, 0.25, 0.5)).double()
+    assert s.group_sizes == [2, 2, 4] and s.k_aux == 1
+    W_enc = torch.zeros(4, 8); W_enc[0, 0] = W_enc[1, 1] = W_enc[2, 2] = W_enc[3, 4] = 1.0    # latent 3 never fires
+    W_dec = torch.zeros(8, 4); W_dec[0, 0] = W_dec[1, 1] = W_dec[2, 2] = W_dec[3, 3] = W_dec[4, 3] = 1.0
+    W_dec[5:, 0] = 1.0
+    _set(s, W_enc=W_enc, b_enc=torch.zeros(8), b_dec=torch.tensor([0.5, 0.0, 0.0, 0.0]), W_dec=W_dec)
     s.train()
-    x = torch.tensor([[2.5, 1.0], [0.5, 3.0]], dtype=torch.float64)
+    x = torch.tensor([[2.5, 1.0, 0.0, 0.0], [0.5, 3.0, 0.0, 0.0], [0.5, 0.0, 4.0, 2.0]], dtype=torch.float64)
     out = s.loss(x)
-    # pre = x - b_dec = [[2, 1, 0, 0], [0, 3, 0, 0]]; BatchTopK (k x B = 2): 3 and 2 kept
-    # group 0 (latent 0): recon [[2.5, 0], [0.5, 0]] -> errors 1 and 9 -> mean 5
-    # group 1 (latent 1): recon [[2.5, 0], [0.5, 3]] -> errors 1 and 0 -> 0.5; group 2: the same 0.5
-    assert out["prefix_mse"] == [5.0, 0.5, 0.5] and float(out["mse"]) == 0.5 and float(out["aux"]) == 0.0
-    assert float(out["loss"]) == pytest.approx((5.0 + 0.5 + 0.5) / 3)
-    assert torch.equal(out["f"], torch.tensor([[2.0, 0, 0, 0], [0, 3.0, 0, 0]], dtype=torch.float64))
-    assert float(out["l1"]) == 2.5 and torch.allclose(out["x_hat"], torch.tensor([[2.5, 0], [0.5, 3]], dtype=torch.float64))
-    dead = torch.tensor([False, False, True, True])
-    out2 = s.loss(x, dead=dead)
-    assert float(out2["loss"]) == pytest.approx((5.0 + 0.5 + 0.5) / 3 + 0.5 * float(out2["aux"]))
-    assert float(out2["aux"]) == pytest.approx(aux_ref(x, out2["x_hat"], x @ torch.eye(2, 4, dtype=torch.float64) -
-                                                       torch.tensor([0.5, 0, 0, 0], dtype=torch.float64),
-                                                       dead, s.W_dec, 1))
+    # pre = x - b_dec on latents 0, 1, 2 and 4 (from dimension 3); BatchTopK keeps k x B = 6: all five positives
+    # prefix 1 (latents 0-1): row 3 misses 4 and 2 -> (16 + 4) / 3; prefix 2 (+ latent 2): misses 2 -> 4 / 3; all: 0
+    assert out["prefix_mse"] == pytest.approx([20 / 3, 4 / 3, 0.0]) and float(out["mse"]) == 0.0
+    assert float(out["aux"]) == 0.0 and float(out["loss"]) == pytest.approx((20 / 3 + 4 / 3) / 3)
+    f = torch.zeros(3, 8, dtype=torch.float64); f[0, 0], f[0, 1], f[1, 1], f[2, 2], f[2, 4] = 2, 1, 3, 4, 2
+    assert torch.equal(out["f"], f) and float(out["l1"]) == 4.0 and torch.allclose(out["x_hat"], x)
+    x2 = x.clone(); x2[0, 1] = -1.0                                     # a negative coordinate: a residual
+    dead = torch.tensor([False, False, False, True, False, True, True, True])
+    out2 = s.loss(x2, dead=dead)
+    pre2 = (x2 - s.b_dec) @ s.W_enc + s.b_enc
+    assert float(out2["aux"]) == pytest.approx(aux_ref(x2, out2["x_hat"], pre2, dead, s.W_dec, 1)) and float(out2["aux"]) > 0
+    l2 = [float(v) for v in out2["prefix_mse"]]
+    assert float(out2["loss"]) == pytest.approx(sum(l2) / 3 + 0.5 * float(out2["aux"]))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -356,6 +386,7 @@ def test_lr_schedule_by_hand():
     assert [lr_at(s, 20, c) for s in (10, 15, 19)] == [1.0, 0.5, 0.1]   # decay from step 10: (20 - s) / 10
     assert lr_at(25, 20, c) == 0.0
     assert lr_at(5, 20, SAEConfig(lr=0.01)) == 0.01                      # no warm-up, no decay
+    assert lr_at(20, 20, SAEConfig(lr=0.01)) == lr_at(25, 20, SAEConfig(lr=0.01)) == 0.01   # decay_start 1: never
     c2 = SAEConfig(lr=2.0, warmup_steps=10, decay_start=0.1)
     assert math.isclose(lr_at(3, 20, c2), 2.0 * 0.4 * (20 - 3) / 18)       # warm-up and decay at once
 
@@ -368,12 +399,15 @@ def test_steps_intervals_and_dead_latents_by_hand():
     assert resample_interval(1050, SAEConfig(batch_size=100, resample_every=7, resample_epochs=2.5)) == 25
     assert resample_interval(1050, SAEConfig(batch_size=100, resample_epochs=0.26)) == 3
     assert resample_interval(50, SAEConfig(batch_size=100, resample_epochs=0.1)) == 1
+    assert resample_interval(50, SAEConfig(batch_size=100, resample_epochs=1.0)) == 1   # a partial batch: one step
     since = torch.tensor([0, 1000, 1001, 1099, 1100, 5000])
     pub = SAEConfig(batch_size=100, resample_epochs=2.0, resample_rule="published", dead_window=10)
     # interval 2 x 10 = 20 steps; dead when silent for more than 20 // 2 x 100 = 1000 samples
     assert dead_mask(since, 1000, pub).tolist() == [False, False, True, True, True, True]
     ours = SAEConfig(batch_size=100, dead_window=1099)
     assert dead_mask(since, 1000, ours).tolist() == [False, False, False, True, True, True]
+    odd = SAEConfig(batch_size=100, resample_epochs=2.1, resample_rule="published")  # 21 steps: 21 // 2 = 10
+    assert dead_mask(torch.tensor([1000, 1001, 1049]), 1000, odd).tolist() == [False, True, True]
     never = SAEConfig(batch_size=100, resample_rule="published", dead_window=5000)   # published, never resampling
     assert dead_mask(since, 1000, never).tolist() == [False] * 5 + [True]
 
@@ -386,6 +420,7 @@ def test_penalty_scales_by_hand():
     q = penalty_scales(x, SAEConfig(l1=3e-5, normalise="published"))
     assert q["normalise"] == "published" and q["l1_paper_scale"] == pytest.approx(3e-5 * s)
     assert q["l1_published_scale"] == pytest.approx(3e-5)
+    assert penalty_scales(x * 1.1, SAEConfig())["scale_s"] == 0.671408          # sqrt(3 / 6.655), to 6 decimals
 
 
 def test_sweep_grid_selection_and_pareto_front_by_hand():
@@ -400,3 +435,5 @@ def test_sweep_grid_selection_and_pareto_front_by_hand():
     assert list(pareto_front(t)) == ["a", "b", "d", "e"]                 # c: same L0 as b, lower FVE
     t2 = pd.DataFrame({"l0": [10.0, 10.0], "fve": [0.5, 0.5]}, index=["x", "y"])
     assert list(pareto_front(t2)) == ["x", "y"]                          # equal rows do not dominate each other
+    t3 = pd.DataFrame({"l0": [10.0, 20.0], "fve": [0.5, 0.5]}, index=["x", "y"])
+    assert list(pareto_front(t3)) == ["x"]                               # as good, sparser: dominates
