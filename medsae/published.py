@@ -441,7 +441,7 @@ def linearity_run(cfg, layout, root, out, encoder=None) -> dict:
     save_figure(plot_linearity(df, f"{enc.name}: composites of {len(images)} validation images "
                                    f"({len(images) // 4} grids, {A.linearity_pairs} pairs)"), out.linearity_figure)
     rec = dict(images=len(images), grids=len(images) // 4, pairs=A.linearity_pairs, encoder=enc.name,
-               table=tab.set_index(["kind", "fit"])[["cosine", "cosine_centred"]].to_dict("index"))
+               table={f"{r.kind}, {r.fit}": dict(cosine=r.cosine, cosine_centred=r.cosine_centred) for r in tab.itertuples()})
     gt = DatasetFolder(root).ground_truth
     if gt.exists():
         g = pd.read_csv(gt, low_memory=False).set_index("Path")
