@@ -257,10 +257,10 @@ class AnalysesConfig(_Section):
     linearity_images: int = Field(200, ge=4, description="Validation images of the linearity check (4 per 2x2 grid).")
     linearity_pairs: int = Field(500, ge=0, description="Random pairs of those images in opposite corners (published: 100,000).")
     probe_per_class: int = Field(200, ge=2, description="1-D probes: positives (and as many negatives) sampled per label.")
-    probe_train_max: int | None = Field(4000, ge=10, description="Linear probe: at most this many training images "
+    probe_train_max: int | None = Field(2000, ge=10, description="Linear probe: at most this many training images "
                                         "(a seeded sample); null: all.")
     probe_l2: float = Field(1e-3, gt=0, description="Linear probe: L2 penalty on the weights (units standardised).")
-    probe_iters: int = Field(100, ge=1, description="Linear probe: L-BFGS iterations.")
+    probe_iters: int = Field(50, ge=1, description="Linear probe: L-BFGS iterations.")
     sweep_images: int | None = Field(2000, ge=10, description="Dead-latent rates: a seeded sample of this many train + "
                                      "valid images (the published script's data); null: all.")
 

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 # %% auto #0
 __all__ = ['PUBLISHED_SCRIPTS', 'grid_composite', 'pair_composite', 'nnls_small', 'lstsq_small', 'fit_composites',
            'linearity_check', 'linearity_summary', 'plot_linearity', 'planted_linearity', 'fit_1d_logistic',
-           'balanced_rows', 'probe_1d', 'linear_probe', 'firing_frequency', 'log_frequency', 'plot_sparsity',
+           'balanced_rows', 'probe_1d', 'lbfgs', 'linear_probe', 'firing_frequency', 'log_frequency', 'plot_sparsity',
            'rank_normalise', 'sweep_ranking', 'published_detector', 'our_detector', 'metric_images', 'sweep_saes',
            'linearity_run', 'probes_run', 'sparsity_run', 'sweep_ranking_run', 'detector_run', 'published_analyses_run',
            'results_section']
@@ -163,40 +163,49 @@ def planted_linearity(df: pd.DataFrame, tile_findings: pd.DataFrame, composites:
     return pd.DataFrame(rows)
 
 # %% ../nbs/54_published.ipynb #dd63e105
-def _log1pexp(z):
-    import torch
-    return torch.nn.functional.softplus(z)
+def _softplus(z: np.ndarray) -> np.ndarray: return np.logaddexp(0.0, z)
+def _sigmoid(z: np.ndarray) -> np.ndarray: return 0.5 * (1 + np.tanh(0.5 * z))
 
-def fit_1d_logistic(x, y: np.ndarray, ridge: float = 1e-4, iters: int = 30, tol: float = 1e-7):
-    """One logistic regression per column of `x` (n, m): `p = sigmoid(w x + b)`, minimising the mean log loss +
-    ridge/2 w^2. Returns `(w, b, loss)`, each (m,); a constant column gets w = 0."""
-    import torch
-    X = torch.as_tensor(np.asarray(x.toarray() if sp.issparse(x) else x), dtype=torch.float64)
-    t = torch.as_tensor(np.asarray(y, dtype=np.float64))[:, None]
-    n, m = X.shape
-    w, b = torch.zeros(m, dtype=torch.float64), torch.zeros(m, dtype=torch.float64)
+def fit_1d_logistic(x, y: np.ndarray, ridge: float = 1e-4, iters: int = 20, tol: float = 1e-8):
+    """One logistic regression per column of `x` (n, m), dense or sparse: `p = sigmoid(w x + b)`, minimising the mean
+    log loss + ridge/2 w^2. Returns `(w, b, loss)`, each (m,); a constant-zero column gets w = 0. Sparse-aware: a
+    column's zero entries share one term, so the work is proportional to the non-zero entries."""
+    c = sp.coo_matrix(x) if sp.issparse(x) else sp.coo_matrix(np.asarray(x, dtype=np.float64))
+    n, m = c.shape
+    keep = c.data != 0
+    row, col, v = c.row[keep], c.col[keep], c.data[keep].astype(np.float64)
+    t = np.asarray(y, dtype=np.float64)
+    tv = t[row]
+    S = lambda a: np.bincount(col, weights=a, minlength=m)                  # per-column sum over non-zeros
+    n0 = n - np.bincount(col, minlength=m)                                   # zero entries per column
+    t0 = t.sum() - S(tv)                                                     # positives among them
     def loss_of(w, b):
-        z = X * w + b
-        return (_log1pexp(z) - t * z).mean(0) + 0.5 * ridge * w * w
+        z = w[col] * v + b[col]
+        return (S(_softplus(z) - tv * z) + n0 * _softplus(b) - t0 * b) / n + 0.5 * ridge * w * w
+    w, b = np.zeros(m), np.zeros(m)
     cur = loss_of(w, b)
     for _ in range(iters):
-        p = torch.sigmoid(X * w + b)
-        r, s = p - t, p * (1 - p)
-        gw, gb = (r * X).mean(0) + ridge * w, r.mean(0)
-        hww, hwb, hbb = (s * X * X).mean(0) + ridge, (s * X).mean(0), s.mean(0) + 1e-12
-        det = hww * hbb - hwb * hwb
-        det = torch.where(det > 1e-18, det, torch.full_like(det, 1e-18))
+        z = w[col] * v + b[col]
+        p, p0 = _sigmoid(z), _sigmoid(b)
+        r, s = p - tv, p * (1 - p)
+        gw = S(r * v) / n + ridge * w
+        gb = (S(r) + n0 * p0 - t0) / n
+        hww, hwb = S(s * v * v) / n + ridge, S(s * v) / n
+        hbb = (S(s) + n0 * p0 * (1 - p0)) / n + 1e-12
+        det = np.maximum(hww * hbb - hwb * hwb, 1e-18)
         dw, db = (hbb * gw - hwb * gb) / det, (hww * gb - hwb * gw) / det
-        step = torch.ones(m, dtype=torch.float64)
-        for _ in range(20):                                   # halve the step where the loss would rise
+        step = np.ones(m)
+        for _ in range(30):                                   # halve the step where the loss would rise
             new = loss_of(w - step * dw, b - step * db)
-            bad = new > cur + 1e-15
+            bad = new > cur + 1e-13
             if not bad.any(): break
-            step = torch.where(bad, step / 2, step)
-        w, b = w - step * dw, b - step * db
-        prev, cur = cur, loss_of(w, b)
-        if (prev - cur).abs().max() < tol: break
-    return w.numpy(), b.numpy(), cur.numpy()
+            step = np.where(bad, step / 2, step)
+        new = np.where(bad, cur, new)
+        w, b = np.where(bad, w, w - step * dw), np.where(bad, b, b - step * db)
+        done = np.abs(cur - new).max() < tol
+        cur = new
+        if done: break
+    return w, b, cur
 
 # %% ../nbs/54_published.ipynb #d8afd5df
 def _col(a, j: int) -> np.ndarray:
@@ -237,19 +246,6 @@ def probe_1d(acts, y: np.ndarray, mask: np.ndarray | None, labels: Sequence[str]
     return pd.DataFrame(rows)
 
 # %% ../nbs/54_published.ipynb #eb8de6d0
-def _to_torch(a, scale=None):
-    import torch
-    if sp.issparse(a):
-        a = sp.csr_matrix(a, dtype=np.float32)
-        if scale is not None: a = a @ sp.diags(scale.astype(np.float32))
-        a = a.tocoo()
-        import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.sparse_coo_tensor(np.vstack([a.row, a.col]), a.data, a.shape).coalesce()
-    a = np.asarray(a, dtype=np.float64)
-    return torch.from_numpy((a * scale[None] if scale is not None else a).astype(np.float32))
-
 def _std(a) -> np.ndarray:
     if sp.issparse(a):
         a = sp.csr_matrix(a, dtype=np.float64)
@@ -257,32 +253,56 @@ def _std(a) -> np.ndarray:
         return np.sqrt(np.maximum(np.asarray(a.multiply(a).mean(0)).ravel() - m * m, 0))
     return np.asarray(a, dtype=np.float64).std(0)
 
+def _scaled(a, scale: np.ndarray):
+    return (sp.csr_matrix(a, dtype=np.float64) @ sp.diags(scale)).tocsr() if sp.issparse(a) else np.asarray(a, dtype=np.float64) * scale
+
+def lbfgs(f: Callable, x0: np.ndarray, iters: int = 100, memory: int = 10, gtol: float = 1e-7) -> np.ndarray:
+    "Minimise `f` (returns value and gradient) from `x0` by L-BFGS (two-loop recursion, Armijo backtracking)."
+    x = np.array(x0, dtype=np.float64); fx, g = f(x)
+    S, Yh = [], []
+    for _ in range(iters):
+        if np.abs(g).max() < gtol: break
+        q, al = g.copy(), []
+        for s_, y_ in zip(reversed(S), reversed(Yh)):
+            a = (s_ @ q) / (y_ @ s_); al.append(a); q -= a * y_
+        q *= (S[-1] @ Yh[-1]) / (Yh[-1] @ Yh[-1]) if S else 1.0 / max(np.linalg.norm(g), 1e-12)
+        for s_, y_, a in zip(S, Yh, reversed(al)): q += (a - (y_ @ q) / (y_ @ s_)) * s_
+        dirn = -q if g @ q > 0 else -g
+        step, gd = 1.0, g @ dirn
+        for _ in range(30):
+            xn = x + step * dirn; fn, gn = f(xn)
+            if fn <= fx + 1e-4 * step * gd: break
+            step *= 0.5
+        else: break
+        s_, y_ = xn - x, gn - g
+        if s_ @ y_ > 1e-12: S, Yh = (S + [s_])[-memory:], (Yh + [y_])[-memory:]
+        x, fx, g = xn, fn, gn
+    return x
+
 def linear_probe(x_train, y_train: np.ndarray, m_train: np.ndarray | None, x_eval, y_eval: np.ndarray,
-                 m_eval: np.ndarray | None, labels: Sequence[str], l2: float = 1e-3, iters: int = 100,
-                 threads: int = 2) -> pd.DataFrame:
-    """A linear map from all units to every label, fitted on `x_train` (L2-penalised mean log loss, masked labels left
-    out), its AUROC per label on `x_eval` (NaN where a label is constant there)."""
-    import torch
+                 m_eval: np.ndarray | None, labels: Sequence[str], l2: float = 1e-3, iters: int = 100) -> pd.DataFrame:
+    """A linear map from all units to every label, fitted on `x_train` (per label: mean log loss over the images
+    where it is defined + l2/2 |w|^2, `lbfgs`), its AUROC per label on `x_eval` (NaN where a label is constant there)."""
     from sklearn.metrics import roc_auc_score
-    torch.set_num_threads(threads)
     sd = _std(x_train); scale = np.where(sd > 1e-12, 1 / np.maximum(sd, 1e-12), 0.0)
-    Xt, Xe = _to_torch(x_train, scale), _to_torch(x_eval, scale)
-    Y = torch.from_numpy(np.asarray(y_train == 1, dtype=np.float32))
-    M = torch.from_numpy(np.ones_like(y_train, dtype=np.float32) if m_train is None else m_train.astype(np.float32))
-    W = torch.zeros(Xt.shape[1], Y.shape[1], requires_grad=True)
+    Xt, Xe = _scaled(x_train, scale), _scaled(x_eval, scale)
+    XtT = Xt.T.tocsr() if sp.issparse(Xt) else Xt.T
+    Y = np.asarray(y_train == 1, dtype=np.float64)
+    M = np.ones_like(Y) if m_train is None else m_train.astype(np.float64)
+    cnt = np.maximum(M.sum(0), 1)
+    d, k = Xt.shape[1], Y.shape[1]
     prior = ((Y * M).sum(0) + 0.5) / (M.sum(0) + 1)
-    b = torch.log(prior / (1 - prior)).clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=iters, tolerance_grad=1e-6, tolerance_change=1e-9,
-                            history_size=20, line_search_fn="strong_wolfe")
-    def closure():
-        opt.zero_grad()
-        z = Xt @ W + b
-        loss = ((torch.nn.functional.binary_cross_entropy_with_logits(z, Y, reduction="none") * M).sum(0)
-                / M.sum(0).clamp(min=1)).sum() + 0.5 * l2 * (W * W).sum()
-        loss.backward()
-        return loss
-    opt.step(closure)
-    with torch.no_grad(): s = (Xe @ W + b).numpy()
+    def f(theta):
+        W, b = theta[: d * k].reshape(d, k), theta[d * k:]
+        z = np.asarray(Xt @ W) + b
+        loss = ((_softplus(z) - Y * z) * M).sum(0) / cnt
+        R = (_sigmoid(z) - Y) * M / cnt
+        gW = np.asarray(XtT @ R) + l2 * W
+        return loss.sum() + 0.5 * l2 * (W * W).sum(), np.concatenate([gW.ravel(), R.sum(0)])
+    theta0 = np.concatenate([np.zeros(d * k), np.log(prior / (1 - prior))])
+    theta = lbfgs(f, theta0, iters)
+    W, b = theta[: d * k].reshape(d, k), theta[d * k:]
+    s = np.asarray(Xe @ W) + b
     me = np.ones_like(y_eval, dtype=bool) if m_eval is None else m_eval.astype(bool)
     rows = []
     for c, lab in enumerate(labels):
@@ -466,7 +486,7 @@ def probes_run(cfg, layout, out, data=None) -> dict:
     sel = "valid" if cfg.metrics.split != "valid" else "train"
     held = {}
     if layout.activations.split(sel).meta.exists():
-        hc, _, hi = load_activations(layout.activations.split(sel))
+        hc, hi, _ = load_activations(layout.activations.split(sel))
         hx, _ = EmbeddingStore(layout.extract.store).split(sel)
         hy, hm = label_matrix(hi, labels, label_policy(cfg))
         held = {"sae": (hc, hy, hm), "raw": (hx, hy, hm)}
@@ -480,9 +500,9 @@ def probes_run(cfg, layout, out, data=None) -> dict:
                mean_f1={u: float(t1[f"{u}_f1"].mean()) for u in ("sae", "raw")},
                mean_heldout_f1={u: float(t1[f"{u}_heldout_f1"].mean()) for u in ("sae", "raw") if f"{u}_heldout_f1" in t1})
     if layout.activations.split("train").meta.exists() and layout.activations.split("valid").meta.exists():
-        tc, _, ti = load_activations(layout.activations.split("train"))
+        tc, ti, _ = load_activations(layout.activations.split("train"))
         tx, _ = EmbeddingStore(layout.extract.store).split("train")
-        vc, _, vi = load_activations(layout.activations.split("valid"))
+        vc, vi, _ = load_activations(layout.activations.split("valid"))
         vx, _ = EmbeddingStore(layout.extract.store).split("valid")
         if A.probe_train_max and len(ti) > A.probe_train_max:
             keep = np.sort(np.random.default_rng(cfg.run.seed).choice(len(ti), A.probe_train_max, replace=False))
@@ -490,7 +510,7 @@ def probes_run(cfg, layout, out, data=None) -> dict:
         ty, tm = label_matrix(ti, labels, label_policy(cfg)); vy, vm = label_matrix(vi, labels, label_policy(cfg))
         lp = []
         for u, a, b in (("sae", tc, vc), ("raw", tx, vx)):
-            t = linear_probe(a, ty, tm, b, vy, vm, labels, A.probe_l2, A.probe_iters, cfg.sae.threads)
+            t = linear_probe(a, ty, tm, b, vy, vm, labels, A.probe_l2, A.probe_iters)
             lp.append(t.set_index("label").rename(columns={"auroc": f"{u}_auroc", "positives": "valid_positives"}))
         t2 = pd.concat(lp, axis=1); t2 = t2.loc[:, ~t2.columns.duplicated()].reset_index()
         write_table(t2.round(4), out.linear_probe, index=False)
