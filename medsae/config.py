@@ -276,7 +276,7 @@ class NamingConfig(_Section):
                            "figure compares SAE latents, raw dimensions and random explanations for each namer.")
     vocabulary_file: Path | None = Field(None, description="A text file of phrases, one per line, for the vocabulary "
                                          "namers instead of the dataset's (e.g. a general vocabulary for CC3M).")
-    vocabulary_min_count: int = Field(3, ge=1, description="vocabulary_published: keep the report entities seen at least "
+    vocabulary_min_count: int = Field(10, ge=1, description="vocabulary_published: keep the report entities seen at least "
                                       "this many times (the published script keeps all: 1).")
     judge: Literal["text", "medgemma", "openai"] = Field(
         "text", description="Judge of the naming evaluation: `text` (offline: the encoder's text tower ranks the "

@@ -113,7 +113,7 @@ class PublishedVocabularyNamer:
 
 # %% ../nbs/55_published_naming.ipynb #446cff89
 def published_vocabulary_namer(directions: np.ndarray, text_encode: Callable, codes, out,
-                               vocabulary_file: str | Path | None = None, min_count: int = 3) -> PublishedVocabularyNamer:
+                               vocabulary_file: str | Path | None = None, min_count: int = 10) -> PublishedVocabularyNamer:
     """The published vocabulary namer of a run (phrases: `vocabulary_file`, else the report entities seen at least
     `min_count` times); writes every latent's name and the coloured sparsity figure to `out`."""
     from medsae.data import save_figure
