@@ -65,8 +65,9 @@ def folder_listing_hash(root: str | Path) -> str:
     return h.hexdigest()[:16]
 
 # %% ../nbs/56_general.ipynb #98107d42
-def folder_evaluation_run(cfg, layout, out, root) -> dict:
-    "The evaluation of a run on a folder dataset (no labels): label-free analyses, and the list of what was skipped."
+def folder_evaluation_run(cfg, layout, out, root, encoder=None) -> dict:
+    """The evaluation of a run on a folder dataset (no labels): label-free analyses, and the list of what was skipped.
+    `encoder`: the run's encoder, or a function that builds it (the linearity check)."""
     from medsae.activations import load_activations
     from medsae.layout import MetricsFolder
     from medsae.provenance import atomic_write_json
@@ -81,6 +82,6 @@ def folder_evaluation_run(cfg, layout, out, root) -> dict:
                    why_skipped="a folder dataset has no labels")
     if cfg.analyses.published:
         from medsae.published import published_analyses_run
-        summary["published"] = published_analyses_run(cfg, layout, out.path, root)
+        summary["published"] = published_analyses_run(cfg, layout, out.path, root, encoder)
     atomic_write_json(out.summary, summary)
     return summary

@@ -400,9 +400,12 @@ def naming_stage_run(act_dir: str | Path, root: str | Path, out: str | Path, cfg
                      text_encode: Callable | None = None, directions: np.ndarray | None = None,
                      vocabulary: Sequence[str] | None = None, meta_table: pd.DataFrame | None = None,
                      cache_path: str | Path | None = None, best_units: pd.DataFrame | None = None, seed: int = 0,
-                     progress: bool = True, raw_embeddings: np.ndarray | None = None) -> dict:
-    """Name the SAE's latents (and raw dimensions: the vocabulary namer always, every namer given `raw_embeddings` of
-    the naming split and `cfg.name_raw`) with the namers of `cfg` (a NamingConfig)."""
+                     progress: bool = True, raw_embeddings: np.ndarray | None = None,
+                     namer_factories: dict[str, Callable] | None = None, name_raw: Callable | None = None) -> dict:
+    """Name the SAE's latents (and raw dimensions: the vocabulary namer always, every namer when `name_raw` names them
+    from `raw_embeddings` of the naming split, with `cfg.name_raw`) with the namers of `cfg` (a NamingConfig).
+    `namer_factories`: namers built elsewhere, kind -> f(directions, text_encode, codes, out, cfg) (the stage layer
+    passes `vocabulary_published` and `name_raw` from medsae.published_naming)."""
     from medsae.activations import load_activations
     from medsae.data import write_table
     from medsae.layout import ActivationsFolder, CacheFolder, NamesFolder
@@ -420,10 +423,8 @@ def naming_stage_run(act_dir: str | Path, root: str | Path, out: str | Path, cfg
     built = {}
     for kind in cfg.namers:
         t0 = time.time()
-        if kind == "vocabulary_published":          # the published vocabulary namer (medsae.published_naming)
-            from medsae.published_naming import published_vocabulary_namer
-            namer = published_vocabulary_namer(directions, text_encode, codes, out, cfg.vocabulary_file,
-                                               cfg.vocabulary_min_count)
+        if namer_factories and kind in namer_factories:      # e.g. vocabulary_published (medsae.published_naming)
+            namer = namer_factories[kind](directions, text_encode, codes, out, cfg)
             results += name_units(namer, items, cache, batch=512, progress=progress)
         elif kind == "vocabulary":
             if text_encode is None or directions is None or vocabulary is None:
@@ -440,11 +441,10 @@ def naming_stage_run(act_dir: str | Path, root: str | Path, out: str | Path, cfg
             namer = vlm_namer(build_vlm(cfg, kind), cfg.protocol, cfg.prompt_grid)
             results += name_units(namer, items, cache, batch=cfg.batch_size, progress=progress)
         timing[kind], hashes[kind], built[kind] = round(time.time() - t0, 2), namer.prompt_hash, namer
-    if raw_embeddings is not None and cfg.name_raw:     # every namer names raw dimensions (medsae.published_naming)
-        from medsae.published_naming import name_raw_units
+    if raw_embeddings is not None and name_raw is not None and cfg.name_raw:     # every namer names raw dimensions
         t0 = time.time()
-        results += name_raw_units(built, raw_embeddings, index, root, cfg, best_units, seed, cache, progress,
-                                  codes=codes, labels=labels, policy=policy, meta_table=meta_table)
+        results += name_raw(built, raw_embeddings, index, root, cfg, best_units, seed, cache, progress,
+                            codes=codes, labels=labels, policy=policy, meta_table=meta_table)
         timing["raw dimensions"] = round(time.time() - t0, 2)
     table = names_table(results)
     write_table(table, out.names)

@@ -143,9 +143,11 @@ def planted_linearity(df: pd.DataFrame, tile_findings: pd.DataFrame, composites:
     rows = []
     nn = df[df.fit == "nnls"].reset_index(drop=True)
     wc = [c for c in nn.columns if c.startswith("w") and c[1:].isdigit()]
+    F = tile_findings.astype(bool)
+    pos, A = {k: i for i, k in enumerate(F.index)}, F.to_numpy()
     for kind, t in nn.groupby("kind", sort=False):
-        parts = [p.split(";") for p in t.parts]
-        ab = np.array([[tile_findings.loc[i].to_numpy().any() for i in p] for p in parts])
+        P_ = np.array([[pos[i] for i in p.split(";")] for p in t.parts])      # (composites, tiles) rows of A
+        ab = A[P_].any(-1)
         w = t[wc].to_numpy()[:, : ab.shape[1]]
         top = w.argmax(1)
         rows.append(dict(kind=kind, check="mean weight: tiles with a planted finding / normal tiles",
@@ -156,7 +158,7 @@ def planted_linearity(df: pd.DataFrame, tile_findings: pd.DataFrame, composites:
         if composites is None or readout is None: continue
         z = composites[kind][t.composite.to_numpy()]
         for f, d in readout.items():
-            y = np.array([tile_findings.loc[p, f].to_numpy().any() for p in parts])
+            y = A[P_, F.columns.get_loc(f)].any(1)
             if y.sum() < min_pos or (~y).sum() < min_pos: continue
             rows.append(dict(kind=kind, check=f"read-out AUROC: {f}", value=f"{roc_auc_score(y, z @ d):.3f}",
                              n=int(y.sum())))
@@ -405,21 +407,24 @@ def our_detector(acts, y: np.ndarray, mask: np.ndarray | None, labels: Sequence[
                              recall=det.recall[j, c], f1=det.f1[j, c], r=r[j, c]))
 
 # %% ../nbs/54_published.ipynb #e46d6f8d
+def _policy(cfg):
+    from medsae.data import LabelPolicy
+    return LabelPolicy(cfg.data.uncertain, cfg.data.blank)
+
 def metric_images(cfg, layout, split: str | None = None):
     "`(codes, embeddings, index, y, mask, labels)` of the evaluation's metric images (its subset and label drops)."
     from medsae.activations import load_activations
     from medsae.data import balanced_subset, label_matrix
     from medsae.extract import EmbeddingStore
-    from medsae.stages import label_policy
     split = split or cfg.metrics.split
     codes, index, _ = load_activations(layout.activations.split(split))
     x, idx = EmbeddingStore(layout.extract.store).split(split)
     labels = cfg.metric_labels
     if split == cfg.metrics.split and cfg.metrics.subset_per_class:
-        sub = balanced_subset(idx, labels, cfg.metrics.subset_per_class, label_policy(cfg), cfg.run.seed, cfg.data.subset_order)
+        sub = balanced_subset(idx, labels, cfg.metrics.subset_per_class, _policy(cfg), cfg.run.seed, cfg.data.subset_order)
         keep = np.flatnonzero(idx.index.isin(sub.index))
         codes, x, idx = codes[keep], x[keep], idx.iloc[keep].reset_index(drop=True)
-    y, m = label_matrix(idx, labels, label_policy(cfg))
+    y, m = label_matrix(idx, labels, _policy(cfg))
     const = ((y * m).sum(0) == 0) | (((1 - y) * m).sum(0) == 0)
     keep = np.flatnonzero(~const)
     return codes, x, idx, y[:, keep], m[:, keep], tuple(labels[i] for i in keep)
@@ -441,19 +446,19 @@ def _image_encoder(enc, batch: int = 64) -> Callable:
         with torch.no_grad(): return enc.encode_images(torch.stack([enc.preprocess(im) for im in ims])).float().cpu().numpy()
     return encode
 
-def linearity_run(cfg, layout, root, out, encoder=None) -> dict:
-    "The linearity check of a run (validation images, the run's encoder), its tables, figure and planted check."
+def linearity_run(cfg, layout, root, out, encoder) -> dict:
+    """The linearity check of a run (validation images, the run's `encoder`: the object, or a function that builds
+    it), its tables, figure and planted check."""
     from medsae.data import image_files, load_image, save_figure, write_table
     from medsae.extract import EmbeddingStore
     from medsae.layout import DatasetFolder
-    from medsae.stages import run_encoder
     A, out = cfg.analyses, out
     x, idx = EmbeddingStore(layout.extract.store).split("valid")
     rng = np.random.default_rng(cfg.run.seed)
     pick = np.sort(rng.choice(len(idx), min(A.linearity_images, len(idx)), replace=False))
     ids = idx["Path"].iloc[pick].tolist()
     images = [load_image(p) for p in image_files(root, ids)]
-    enc = encoder or run_encoder(cfg)
+    enc = encoder() if callable(encoder) else encoder
     df, zs = linearity_check(_image_encoder(enc), images, ids, A.linearity_pairs, cfg.run.seed, embeddings=True)
     df.round(5).to_csv(out.linearity, index=False)
     tab = linearity_summary(df)
@@ -480,7 +485,6 @@ def probes_run(cfg, layout, out, data=None) -> dict:
     from medsae.activations import load_activations
     from medsae.data import label_matrix, write_table
     from medsae.extract import EmbeddingStore
-    from medsae.stages import label_policy
     A = cfg.analyses
     codes, x, idx, y, m, labels = data or metric_images(cfg, layout)
     sel = "valid" if cfg.metrics.split != "valid" else "train"
@@ -488,7 +492,7 @@ def probes_run(cfg, layout, out, data=None) -> dict:
     if layout.activations.split(sel).meta.exists():
         hc, hi, _ = load_activations(layout.activations.split(sel))
         hx, _ = EmbeddingStore(layout.extract.store).split(sel)
-        hy, hm = label_matrix(hi, labels, label_policy(cfg))
+        hy, hm = label_matrix(hi, labels, _policy(cfg))
         held = {"sae": (hc, hy, hm), "raw": (hx, hy, hm)}
     parts = []
     for u, a in (("sae", codes), ("raw", x)):
@@ -507,7 +511,7 @@ def probes_run(cfg, layout, out, data=None) -> dict:
         if A.probe_train_max and len(ti) > A.probe_train_max:
             keep = np.sort(np.random.default_rng(cfg.run.seed).choice(len(ti), A.probe_train_max, replace=False))
             tc, tx, ti = tc[keep], tx[keep], ti.iloc[keep].reset_index(drop=True)
-        ty, tm = label_matrix(ti, labels, label_policy(cfg)); vy, vm = label_matrix(vi, labels, label_policy(cfg))
+        ty, tm = label_matrix(ti, labels, _policy(cfg)); vy, vm = label_matrix(vi, labels, _policy(cfg))
         lp = []
         for u, a, b in (("sae", tc, vc), ("raw", tx, vx)):
             t = linear_probe(a, ty, tm, b, vy, vm, labels, A.probe_l2, A.probe_iters)
@@ -583,8 +587,9 @@ def detector_run(cfg, layout, out, data=None) -> dict:
     write_table(t.round(4), out.detector, index=False)
     return dict(rule=M.detector, top=M.detector_top, window=[M.detector_l0_min, M.detector_l0_max], **rec)
 
-def published_analyses_run(cfg, layout, out, root, encoder=None) -> dict:
-    "Every analysis of this chapter for one run, written to the evaluate folder `out`; the summary, with timings."
+def published_analyses_run(cfg, layout, out, root, encoder) -> dict:
+    """Every analysis of this chapter for one run, written to the evaluate folder `out`; the summary, with timings.
+    `encoder`: the run's encoder, or a function that builds it (`medsae.stages.run_encoder`)."""
     from medsae.layout import MetricsFolder
     from medsae.provenance import atomic_write_json
     out = MetricsFolder(out); out.path.mkdir(parents=True, exist_ok=True)

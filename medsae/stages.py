@@ -181,7 +181,7 @@ def _evaluate(p, run) -> dict:
     cfg = p.cfg
     if cfg.data.dataset == "folder":                 # no labels: what needs none (medsae.general)
         from medsae.general import folder_evaluation_run
-        return folder_evaluation_run(cfg, p.layout, run.path, data_root(cfg))
+        return folder_evaluation_run(cfg, p.layout, run.path, data_root(cfg), lambda: run_encoder(cfg))
     phantom = data_root(cfg) if cfg.data.dataset == "phantom" else None
     summary = evaluation_stage_run(p.layout.activations, p.layout.extract.store, run.path, cfg.metrics,
                                    cfg.metric_labels, label_policy(cfg), cfg.run.seed, phantom,
@@ -192,7 +192,7 @@ def _evaluate(p, run) -> dict:
         summary["ablation"] = {r["choice"]: r["SAE - raw [lo, hi]"] for r in tab.to_dict("records")}
     if cfg.analyses.published:                       # the published code's other analyses (medsae.published)
         from medsae.published import published_analyses_run
-        summary["published"] = published_analyses_run(cfg, p.layout, run.path, data_root(cfg))
+        summary["published"] = published_analyses_run(cfg, p.layout, run.path, data_root(cfg), lambda: run_encoder(cfg))
     return summary
 
 def _vocabulary(root: Path) -> list[str]:
@@ -219,7 +219,7 @@ def _name(p, run) -> dict:
     from medsae.naming import naming_stage_run
     from medsae.extract import EmbeddingStore
     from medsae.naming import naming_split
-    from medsae.published_naming import read_phrases
+    from medsae.published_naming import name_raw_units, published_vocabulary_namer, read_phrases
     cfg, L, root = p.cfg, p.layout, data_root(p.cfg)
     enc = run_encoder(cfg) if {"vocabulary", "vocabulary_published"} & set(cfg.naming.namers) else None
     vocab = read_phrases(cfg.naming.vocabulary_file) if cfg.naming.vocabulary_file else _vocabulary(root)
@@ -229,7 +229,9 @@ def _name(p, run) -> dict:
                             directions=ExportedSAE.load(L.sae.saelens).directions(),
                             vocabulary=vocab, meta_table=_meta_table(cfg), cache_path=L.cache.names,
                             best_units=pd.read_csv(L.evaluate.best_units) if L.evaluate.best_units.exists() else None,
-                            seed=cfg.run.seed, raw_embeddings=raw)
+                            seed=cfg.run.seed, raw_embeddings=raw, name_raw=name_raw_units,
+                            namer_factories={"vocabulary_published": lambda d, te, codes, out, nc: published_vocabulary_namer(
+                                d, te, codes, out, nc.vocabulary_file, nc.vocabulary_min_count)})
 
 def _judge(cfg: Config, split: str | None = None):
     "The judge of the naming evaluation (on `split`, default `naming.eval_split`): the offline text judge or a VLM."
