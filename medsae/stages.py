@@ -16,8 +16,8 @@ from .layout import FiguresFolder, RunLayout, sibling
 
 # %% auto #0
 __all__ = ['STAGES', 'STAGE', 'COMMANDS', 'Stage', 'data_root', 'label_policy', 'encoder_weights', 'dataset_tables',
-           'dataset_splits', 'dataset_frame', 'check_splits', 'run_encoder', 'StaleResult', 'Pipeline', 'reproduce',
-           'NotebookStage', 'notebook_stage', 'pipeline_notebooks', 'run_notebooks']
+           'dataset_splits', 'dataset_frame', 'check_splits', 'run_encoder', 'memo_text_encoder', 'StaleResult',
+           'Pipeline', 'reproduce', 'NotebookStage', 'notebook_stage', 'pipeline_notebooks', 'run_notebooks']
 
 # %% ../nbs/89_stages.ipynb #84bb1471
 @dataclass(frozen=True)
@@ -233,6 +233,17 @@ def _name(p, run) -> dict:
                             namer_factories={"vocabulary_published": lambda d, te, codes, out, nc: published_vocabulary_namer(
                                 d, te, codes, out, nc.vocabulary_file, nc.vocabulary_min_count)})
 
+def memo_text_encoder(encode: Callable) -> Callable:
+    "A text encoder that encodes each distinct text once (the judge sees the same names again: random explanations)."
+    import numpy as np
+    cache: dict = {}
+    def f(texts):
+        texts = list(texts)
+        miss = [t for t in dict.fromkeys(texts) if t not in cache]
+        if miss: cache.update(zip(miss, np.asarray(encode(miss))))
+        return np.stack([cache[t] for t in texts])
+    return f
+
 def _judge(cfg: Config, split: str | None = None):
     "The judge of the naming evaluation (on `split`, default `naming.eval_split`): the offline text judge or a VLM."
     from medsae.extract import EmbeddingStore
@@ -241,7 +252,7 @@ def _judge(cfg: Config, split: str | None = None):
     if cfg.naming.judge == "text":
         enc = run_encoder(cfg)
         emb, _ = EmbeddingStore(RunLayout(cfg.run_dir).extract.store).split(split or cfg.naming.eval_split)
-        return TextJudge(lambda t: enc.encode_texts(t).cpu().numpy(), emb)
+        return TextJudge(memo_text_encoder(lambda t: enc.encode_texts(t).cpu().numpy()), emb)
     return vlm_judge(build_vlm(cfg.naming, cfg.naming.judge), cfg.naming.protocol, cfg.naming.images_per_prompt)
 
 def _score_names(p, run) -> dict:
