@@ -72,7 +72,7 @@ STAGE_FLAGS: dict[str, list[tuple]] = {
                  ("--permutations", "metrics.permutations", int, "label permutations"),
                  ("--threshold", "metrics.entropy_threshold", float, "entropy threshold on max |r|"),
                  ("--seed", "run.seed", int, "seed")],
-    "name": [("--namer", "naming.namers", dict(action="append", choices=["vocabulary", "enrichment", "medgemma", "openai"]),
+    "name": [("--namer", "naming.namers", dict(action="append", choices=["vocabulary", "enrichment", "vocabulary_published", "medgemma", "openai"]),
               "namer to run, repeatable"),
              ("--model", "naming.model", str, "vision-language model: hub id, local folder, or the server's model name"),
              ("--base-url", "naming.base_url", str, "OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1"),

@@ -15,8 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 # %% auto #0
 __all__ = ['CHEXPERT_LABELS', 'CHEXPERT_COMPETITION5', 'LABEL_SETS', 'RUNTIME', 'PHANTOM_FINDINGS', 'resolve_labels', 'RunConfig',
            'DataConfig', 'PhantomConfig', 'EncoderConfig', 'EncoderTrainingConfig', 'SAEConfig', 'MetricsConfig',
-           'NamingConfig', 'Config', 'ConfigError', 'parse_override', 'apply_overrides', 'config_from_dict',
-           'load_config', 'config_to_dict', 'save_config', 'config_fields', 'runtime_fields', 'config_values']
+           'AnalysesConfig', 'NamingConfig', 'Config', 'ConfigError', 'parse_override', 'apply_overrides',
+           'config_from_dict', 'load_config', 'config_to_dict', 'save_config', 'config_fields', 'runtime_fields',
+           'config_values']
 
 # %% ../nbs/00_config.ipynb #1fd8b772
 CHEXPERT_LABELS: tuple[str, ...] = (
@@ -71,8 +72,10 @@ class RunConfig(_Section):
 
 class DataConfig(_Section):
     "Which chest X-ray table and images to read, and how to turn CheXpert's labels into numbers."
-    dataset: Literal["chexpert", "phantom"] = Field(
-        "phantom", description="`chexpert`: a CheXpert copy on disk; `phantom`: the offline PhantomCXR set.")
+    dataset: Literal["chexpert", "phantom", "folder"] = Field(
+        "phantom", description="`chexpert`: a CheXpert copy on disk; `phantom`: the offline PhantomCXR set; `folder`: "
+        "any folder of images without labels (e.g. CC3M; `train/`, `valid/`, `test/` sub-folders are the splits, "
+        "else a seeded split by `data.folder_valid_fraction`); metrics that need labels are skipped.")
     root: Path | None = Field(None, description="Image root: the folder that holds the `Path` column's files "
                               "(for CheXpert the folder that contains `CheXpert-v1.0-small/` or the full-size copy); "
                               "null with `dataset: phantom`: the run's own PhantomCXR set (`<out_root>/<name>/phantom`).")
@@ -95,6 +98,8 @@ class DataConfig(_Section):
         "code's resize to 224 x 224 without padding, which stretches non-square images.")
     strict: bool = Field(False, description="Fail on the first missing or corrupt image instead of skipping it.",
                          json_schema_extra=RUNTIME)
+    folder_valid_fraction: float = Field(0.1, gt=0, lt=1, description="`dataset: folder` without split sub-folders: "
+                                         "the share of images (seeded) that form the validation split.")
 
     @field_validator("labels")
     @classmethod
@@ -235,6 +240,12 @@ class MetricsConfig(_Section):
                                                                 "with at least this AUROC ...")
     recovery_margin: float = Field(0.1, ge=0, le=0.5, description="... whose AUROC on every other concept is lower "
                                                                  "by at least this margin (a dedicated latent).")
+    detector: Literal["ours", "published"] = Field(
+        "ours", description="Detector table of the evaluate stage: `ours` (per label, the unit with the best detector "
+        "F1, no window) or `published` (units with detector_l0_min < l0 < detector_l0_max, ranked by the precision of "
+        "their best label; l0 = firing images / detector_top, as chexpert_score.py).")
+    detector_l0_min: float = Field(15, ge=0, description="Published detector: lower bound of the l0 window (images).")
+    detector_l0_max: float = Field(300, gt=0, description="Published detector: upper bound of the l0 window (images).")
     ablation: bool = Field(True, description="Also write the ablation table (evaluate/ablation.csv): the headline "
                            "with one published choice switched at a time (-1 coding, 8 labels, in-sample best unit, "
                            "the SAE trained the published way; trains one more SAE).")
@@ -245,11 +256,39 @@ class MetricsConfig(_Section):
         if v is not None: resolve_labels(v)
         return v
 
+    @model_validator(mode="after")
+    def _detector_window(self):
+        if self.detector_l0_min >= self.detector_l0_max:
+            raise ValueError(f"detector_l0_min ({self.detector_l0_min}) must be below detector_l0_max ({self.detector_l0_max})")
+        return self
+
+class AnalysesConfig(_Section):
+    "The published code's other analyses (linearity, probes, sparsity, sweep ranking, detector), run by the evaluate stage."
+    published: bool = Field(True, description="Run them (nbs/54_published); their tables and figures join the results page.")
+    linearity_images: int = Field(200, ge=4, description="Validation images of the linearity check (4 per 2x2 grid).")
+    linearity_pairs: int = Field(500, ge=0, description="Random pairs of those images in opposite corners (published: 100,000).")
+    probe_per_class: int = Field(200, ge=2, description="1-D probes: positives (and as many negatives) sampled per label.")
+    probe_train_max: int | None = Field(2000, ge=10, description="Linear probe: at most this many training images "
+                                        "(a seeded sample); null: all.")
+    probe_l2: float = Field(1e-3, gt=0, description="Linear probe: L2 penalty on the weights (units standardised).")
+    probe_iters: int = Field(50, ge=1, description="Linear probe: L-BFGS iterations.")
+    sweep_images: int | None = Field(2000, ge=10, description="Dead-latent rates: a seeded sample of this many train + "
+                                     "valid images (the published script's data); null: all.")
+
 class NamingConfig(_Section):
     "Automated naming of latents and the evaluation of the names."
-    namers: list[Literal["medgemma", "openai", "vocabulary", "enrichment"]] = Field(
-        ["vocabulary", "enrichment"], min_length=1, description="Namers to run: `vocabulary` and `enrichment` are "
-        "offline; `medgemma` runs a Gemma 3 model through transformers; `openai` asks a chat-completions server.")
+    namers: list[Literal["medgemma", "openai", "vocabulary", "enrichment", "vocabulary_published"]] = Field(
+        ["vocabulary", "enrichment", "vocabulary_published"], min_length=1, description="Namers to run: `vocabulary`, "
+        "`enrichment` and `vocabulary_published` (the published assign_names.py: phrases from radiology reports, "
+        "centred decoder directions, every latent named) are offline; `medgemma` runs a Gemma 3 model through "
+        "transformers; `openai` asks a chat-completions server.")
+    name_raw: bool = Field(True, description="Every namer also names raw embedding dimensions (offline namers: all of "
+                           "them; a vision-language namer: the `eval_units` the detection test judges), so the naming "
+                           "figure compares SAE latents, raw dimensions and random explanations for each namer.")
+    vocabulary_file: Path | None = Field(None, description="A text file of phrases, one per line, for the vocabulary "
+                                         "namers instead of the dataset's (e.g. a general vocabulary for CC3M).")
+    vocabulary_min_count: int = Field(10, ge=1, description="vocabulary_published: keep the report entities seen at least "
+                                      "this many times (the published script keeps all: 1).")
     judge: Literal["text", "medgemma", "openai"] = Field(
         "text", description="Judge of the naming evaluation: `text` (offline: the encoder's text tower ranks the "
         "images by similarity to the name) or a vision-language model.")
@@ -319,7 +358,17 @@ class Config(_Section):
     encoder_training: EncoderTrainingConfig = EncoderTrainingConfig()
     sae: SAEConfig = SAEConfig()
     metrics: MetricsConfig = MetricsConfig()
+    analyses: AnalysesConfig = AnalysesConfig()
     naming: NamingConfig = NamingConfig()
+
+    @model_validator(mode="after")
+    def _folder_has_no_labels(self):
+        if self.data.dataset == "folder":
+            if self.data.root is None: raise ValueError("data.root: `dataset: folder` needs the folder of images")
+            if "enrichment" in self.naming.namers:
+                raise ValueError("naming.namers: the enrichment namer needs labels, and a folder dataset has none; "
+                                 "drop it (e.g. namers: [vocabulary])")
+        return self
 
     @property
     def run_dir(self) -> Path: return Path(self.run.out_root) / self.run.name

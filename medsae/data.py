@@ -282,7 +282,9 @@ class ChexpertImages(torch.utils.data.Dataset):
                  policy: LabelPolicy = LabelPolicy(), transform: Callable | None = None, strict: bool = False):
         self.df, self.root, self.strict = df, Path(root), strict
         self.labels = resolve_labels(labels)
-        self.y, self.mask = label_matrix(df, self.labels, policy)
+        if set(self.labels) <= set(df.columns): self.y, self.mask = label_matrix(df, self.labels, policy)
+        else:                                  # a table without labels (a folder of images): every label undefined
+            self.y = np.zeros((len(df), len(self.labels)), dtype="float32"); self.mask = np.zeros_like(self.y, dtype=bool)
         self.transform = transform or MedCLIPTransform()
         self.paths = df["Path"].tolist()
 

@@ -82,6 +82,10 @@ class SAEFolder(Folder):
     def saelens(self) -> SAELensFolder: return SAELensFolder(self.path / "saelens")
     @property
     def hub(self) -> Path: return self.path / "hub"
+    @property
+    def sweep_models(self) -> Path:
+        "Every SAE of the sweep, one SAELens folder each (`sweep/<name>/`)."
+        return self.path / "sweep"
 
 class CodesFolder(Folder):
     "The SAE's codes of one split, stored sparse, with the store's index rows."
@@ -101,11 +105,17 @@ class MetricsFolder(Folder):
                  entropy_hist="entropy_hist.png", heatmap="correlation_heatmap.png",
                  recovery="concept_recovery.csv", recovery_figure="concept_recovery.png",
                  concept_auroc="concept_auroc_sae.npy", concepts="concepts.json",
-                 ablation="ablation.csv")
+                 ablation="ablation.csv",
+                 # the published code's other analyses (nbs/54_published)
+                 published="published.json", linearity="linearity.csv", linearity_table="linearity_summary.csv",
+                 linearity_figure="linearity.png", linearity_planted="linearity_planted.csv", probes="probes_1d.csv",
+                 linear_probe="linear_probe.csv", sparsity_figure="sparsity.png", dead_rates="dead_latents.csv",
+                 sweep_ranking="sweep_ranking.csv", detector="detector.csv")
 
 class NamesFolder(Folder):
     "The name stage: every name of every namer, the named best units, example grids."
-    files = dict(names="names.csv", named="named_latents.csv")
+    files = dict(names="names.csv", named="named_latents.csv", vocabulary_published="vocabulary_published.csv",
+                 sparsity_vocabulary="sparsity_vocabulary.png")
     @property
     def grids(self) -> Path: return self.path / "grids"
 

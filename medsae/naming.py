@@ -419,8 +419,12 @@ def naming_stage_run(act_dir: str | Path, root: str | Path, out: str | Path, cfg
                      text_encode: Callable | None = None, directions: np.ndarray | None = None,
                      vocabulary: Sequence[str] | None = None, meta_table: pd.DataFrame | None = None,
                      cache_path: str | Path | None = None, best_units: pd.DataFrame | None = None, seed: int = 0,
-                     progress: bool = True) -> dict:
-    "Name the SAE's latents (and raw dimensions, vocabulary namer) with the namers of `cfg` (a NamingConfig)."
+                     progress: bool = True, raw_embeddings: np.ndarray | None = None,
+                     namer_factories: dict[str, Callable] | None = None, name_raw: Callable | None = None) -> dict:
+    """Name the SAE's latents (and raw dimensions: the vocabulary namer always, every namer when `name_raw` names them
+    from `raw_embeddings` of the naming split, with `cfg.name_raw`) with the namers of `cfg` (a NamingConfig).
+    `namer_factories`: namers built elsewhere, kind -> f(directions, text_encode, codes, out, cfg) (the stage layer
+    passes `vocabulary_published` and `name_raw` from medsae.published_naming)."""
     from medsae.activations import load_activations
     from medsae.data import write_table
     from medsae.layout import ActivationsFolder, CacheFolder, NamesFolder
@@ -435,9 +439,13 @@ def naming_stage_run(act_dir: str | Path, root: str | Path, out: str | Path, cfg
     results, timing, hashes = [], {}, {}
     selection = "published" if cfg.protocol == "published" else cfg.selection
     items = naming_items(codes, index, root, elig, cfg.n_examples, seed, selection)
+    built = {}
     for kind in cfg.namers:
         t0 = time.time()
-        if kind == "vocabulary":
+        if namer_factories and kind in namer_factories:      # e.g. vocabulary_published (medsae.published_naming)
+            namer = namer_factories[kind](directions, text_encode, codes, out, cfg)
+            results += name_units(namer, items, cache, batch=512, progress=progress)
+        elif kind == "vocabulary":
             if text_encode is None or directions is None or vocabulary is None:
                 raise ValueError("the vocabulary namer needs the encoder's text tower, the SAE directions and a vocabulary")
             te = np.asarray(text_encode(list(vocabulary)), dtype=np.float64)
@@ -451,13 +459,19 @@ def naming_stage_run(act_dir: str | Path, root: str | Path, out: str | Path, cfg
         else:
             namer = vlm_namer(build_vlm(cfg, kind), cfg.protocol, cfg.prompt_grid)
             results += name_units(namer, items, cache, batch=cfg.batch_size, progress=progress)
-        timing[kind], hashes[kind] = round(time.time() - t0, 2), namer.prompt_hash
+        timing[kind], hashes[kind], built[kind] = round(time.time() - t0, 2), namer.prompt_hash, namer
+    if raw_embeddings is not None and name_raw is not None and cfg.name_raw:     # every namer names raw dimensions
+        t0 = time.time()
+        results += name_raw(built, raw_embeddings, index, root, cfg, best_units, seed, cache, progress,
+                            codes=codes, labels=labels, policy=policy, meta_table=meta_table)
+        timing["raw dimensions"] = round(time.time() - t0, 2)
     table = names_table(results)
     write_table(table, out.names)
     summary = dict(protocol=cfg.protocol, split=split, judged_on=cfg.eval_split, prompt_hashes=hashes,
                    eligible=int((counts > cfg.min_active).sum()), named=int(len(elig)),
                    min_active=cfg.min_active, namers=list(cfg.namers), selection=selection, seconds=timing,
-                   ok={k: int(table[(table.namer.str.startswith(k[:6])) & (table.unit_kind == "sae")].ok.sum()) for k in cfg.namers},
+                   ok={k: int(table[(table.namer.str.startswith(k[:6]) if k in ("medgemma", "openai") else table.namer == k)
+                                    & (table.unit_kind == "sae")].ok.sum()) for k in cfg.namers},
                    failures=int((~table.ok).sum()))
     if best_units is not None:
         sae = table[table.unit_kind == "sae"]

@@ -118,7 +118,9 @@ def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "", l
     emb, sae = rec(R.extract), rec(R.sae)
     phantom = cfg.data.dataset == "phantom"
     data_desc = ("PhantomCXR (synthetic radiographs rendered offline from a real chest CT, findings planted from real "
-                 "CheXpert label rows; NOT CheXpert)" if phantom else f"CheXpert ({cfg.data.root})")
+                 "CheXpert label rows; NOT CheXpert)" if phantom else
+                 f"a folder of images without labels ({cfg.data.root}): the metrics that need labels are skipped"
+                 if cfg.data.dataset == "folder" else f"CheXpert ({cfg.data.root})")
     enc = (emb.get("encoder") or {}).get("name", cfg.encoder.name)
     git = read_provenance(R.evaluate)["git"] if is_complete(R.evaluate) else {}
     L = [f"# Results of run `{cfg.run.name}`", "",
@@ -228,9 +230,10 @@ def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "", l
                   _md_table(pd.DataFrame([dict(namer=k, **v) for k, v in cor.get("per_namer", {}).items()])), ""]
     if extra.get("umap"):
         L += ["### Decoder directions (UMAP)", "", f"Coloured by {extra['umap']}.", "", f"![umap]({f('report', R.report.umap_figure)})", ""]
-    L += ["### Data and encoder", "", "Label counts of the real CheXpert training table (the label statistics behind "
-          "PhantomCXR's planted findings):", "",
-          f"![labels]({f('labels', R.labels.table('chexpert').counts_figure, R.labels)})", ""]
+    if cfg.data.dataset != "folder":
+        L += ["### Data and encoder", "", "Label counts of the real CheXpert training table (the label statistics behind "
+              "PhantomCXR's planted findings):", "",
+              f"![labels]({f('labels', R.labels.table('chexpert').counts_figure, R.labels)})", ""]
     if sibling(R.encoder.auroc, ".md").exists():
         L += ["Default encoder, zero-shot and linear-probe AUROC per finding on the PhantomCXR test split:", "",
               table(R.encoder.auroc), ""]
@@ -247,6 +250,8 @@ def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "", l
                   "reproduce`; `medsae reproduce` runs without Jupyter and renders none): "
                   + ", ".join(f"[{n}]({notebooks}{n}.html)" for n in extra["notebooks"])]
         L.append("")
+    from medsae.published import results_section           # the published code's other analyses (nbs/54_published)
+    L += results_section(cfg, R, f, table)
     return "\n".join(L) + "\n"
 
 # %% ../nbs/70_report.ipynb #3879234e
@@ -283,7 +288,7 @@ def report_stage_run(cfg, run, figures, out: str | Path, image_root: str | Path 
     codes, idx, _ = load_activations(run.activations.split(cfg.metrics.split))
     alive = np.flatnonzero(np.diff(codes.tocsc().indptr) > 0)
     r = None
-    if not run.evaluate.concept_auroc.exists():
+    if not run.evaluate.concept_auroc.exists() and cfg.data.dataset != "folder":      # a folder has no labels
         from medsae.data import LabelPolicy, label_matrix
         from medsae.metrics import correlations
         y, m = label_matrix(idx, cfg.metric_labels, LabelPolicy(cfg.data.uncertain, cfg.data.blank))

@@ -487,7 +487,10 @@ def sae_stage_run(store_path: str | Path, out: str | Path, cfg: SAEConfig, seed:
                    samples_per_s=round(float(log["samples_per_s"].iloc[-1]), 1))
     if run_sweep:
         t1 = time.time()
-        table, _ = sweep(xtr, xva, cfg, seed, progress)
+        table, models = sweep(xtr, xva, cfg, seed, progress)
+        for name, s in models.items():      # every swept SAE, for the published analyses (dead rates, sweep ranking)
+            export_saelens(s, out.sweep_models / name, model_name=enc["name"], dataset=store.meta["root"],
+                           extra=card["provenance"])
         chosen = select_sae(table, cfg.target_l0)
         table["selected"] = table.index == chosen
         write_table(table.round(4), out.sweep)

@@ -16,8 +16,8 @@ from .layout import FiguresFolder, RunLayout, sibling
 
 # %% auto #0
 __all__ = ['STAGES', 'STAGE', 'COMMANDS', 'Stage', 'data_root', 'label_policy', 'encoder_weights', 'dataset_tables',
-           'dataset_splits', 'dataset_frame', 'check_splits', 'run_encoder', 'StaleResult', 'Pipeline', 'reproduce',
-           'NotebookStage', 'notebook_stage', 'pipeline_notebooks', 'run_notebooks']
+           'dataset_splits', 'dataset_frame', 'check_splits', 'run_encoder', 'memo_text_encoder', 'StaleResult',
+           'Pipeline', 'reproduce', 'NotebookStage', 'notebook_stage', 'pipeline_notebooks', 'run_notebooks']
 
 # %% ../nbs/89_stages.ipynb #84bb1471
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ def dataset_tables(cfg: Config) -> dict[str, Path]:
     "The label table of each split: PhantomCXR's `train/valid/test.csv`, or CheXpert's `data.train_csv`, `data.valid_csv`."
     from medsae.layout import DatasetFolder
     root = data_root(cfg)
+    if cfg.data.dataset == "folder": return {}                    # images without tables (medsae.general)
     if cfg.data.dataset == "phantom": return {s: DatasetFolder(root).table(s) for s in ("train", "valid", "test")}
     return {s: _table_path(root, csv) for s, csv in (("train", cfg.data.train_csv), ("valid", cfg.data.valid_csv))
             if csv is not None}
@@ -73,12 +74,18 @@ def dataset_tables(cfg: Config) -> dict[str, Path]:
 def dataset_splits(cfg: Config) -> tuple[str, ...]:
     "The splits of the run's dataset: PhantomCXR's three, or the tables a dataset on disk has."
     if cfg.data.dataset == "phantom" and cfg.data.root is None: return ("train", "valid", "test")
+    if cfg.data.dataset == "folder":
+        from medsae.general import folder_splits
+        return folder_splits(data_root(cfg))
     return tuple(s for s, t in dataset_tables(cfg).items() if t.is_file())
 
 def dataset_frame(cfg: Config):
     "The rows a run embeds: every split's table, a `split` column, lateral views dropped when `data.frontal_only`."
     import pandas as pd
     from medsae.data import frontal_only, read_chexpert_csv
+    if cfg.data.dataset == "folder":
+        from medsae.general import folder_frame
+        return folder_frame(data_root(cfg), cfg.run.seed, cfg.data.folder_valid_fraction)
     parts = [read_chexpert_csv(t).assign(split=s) for s, t in dataset_tables(cfg).items() if s in dataset_splits(cfg)]
     df = pd.concat(parts, ignore_index=True)
     if cfg.data.frontal_only: df = frontal_only(df).reset_index(drop=True)
@@ -181,6 +188,9 @@ def _activations(p, run) -> dict:
 def _evaluate(p, run) -> dict:
     from medsae.evaluation import evaluation_stage_run
     cfg = p.cfg
+    if cfg.data.dataset == "folder":                 # no labels: what needs none (medsae.general)
+        from medsae.general import folder_evaluation_run
+        return folder_evaluation_run(cfg, p.layout, run.path, data_root(cfg), lambda: run_encoder(cfg))
     phantom = data_root(cfg) if cfg.data.dataset == "phantom" else None
     summary = evaluation_stage_run(p.layout.activations, p.layout.extract.store, run.path, cfg.metrics,
                                    cfg.metric_labels, label_policy(cfg), cfg.run.seed, phantom,
@@ -189,6 +199,9 @@ def _evaluate(p, run) -> dict:
         from medsae.ablation import ablation_run
         tab = ablation_run(p.layout.activations, p.layout.extract.store, run.path, cfg, cfg.run.seed, progress=True)
         summary["ablation"] = {r["choice"]: r["SAE - raw [lo, hi]"] for r in tab.to_dict("records")}
+    if cfg.analyses.published:                       # the published code's other analyses (medsae.published)
+        from medsae.published import published_analyses_run
+        summary["published"] = published_analyses_run(cfg, p.layout, run.path, data_root(cfg), lambda: run_encoder(cfg))
     return summary
 
 def _vocabulary(root: Path) -> list[str]:
@@ -212,15 +225,33 @@ def _meta_table(cfg: Config):
 def _name(p, run) -> dict:
     import pandas as pd
     from medsae.activations import ExportedSAE
-    from medsae.naming import NameCache, naming_stage_run
+    from medsae.extract import EmbeddingStore
+    from medsae.naming import NameCache, naming_split, naming_stage_run
+    from medsae.published_naming import name_raw_units, published_vocabulary_namer, read_phrases
     cfg, L, root = p.cfg, p.layout, data_root(p.cfg)
     NameCache(L.cache.names)                     # a damaged answer cache fails here, before the encoder is loaded
-    enc = run_encoder(cfg) if "vocabulary" in cfg.naming.namers else None
+    enc = run_encoder(cfg) if {"vocabulary", "vocabulary_published"} & set(cfg.naming.namers) else None
+    vocab = read_phrases(cfg.naming.vocabulary_file) if cfg.naming.vocabulary_file else _vocabulary(root)
+    raw = EmbeddingStore(L.extract.store).split(naming_split(cfg.naming))[0] if cfg.naming.name_raw else None
     return naming_stage_run(L.activations, root, run.path, cfg.naming, cfg.metric_labels, label_policy(cfg),
                             text_encode=(lambda t: enc.encode_texts(t).cpu().numpy()) if enc else None,
                             directions=ExportedSAE.load(L.sae.saelens).directions(),
-                            vocabulary=_vocabulary(root), meta_table=_meta_table(cfg), cache_path=L.cache.names,
-                            best_units=pd.read_csv(L.evaluate.best_units), seed=cfg.run.seed)
+                            vocabulary=vocab, meta_table=_meta_table(cfg), cache_path=L.cache.names,
+                            best_units=pd.read_csv(L.evaluate.best_units) if L.evaluate.best_units.exists() else None,
+                            seed=cfg.run.seed, raw_embeddings=raw, name_raw=name_raw_units,
+                            namer_factories={"vocabulary_published": lambda d, te, codes, out, nc: published_vocabulary_namer(
+                                d, te, codes, out, nc.vocabulary_file, nc.vocabulary_min_count)})
+
+def memo_text_encoder(encode: Callable) -> Callable:
+    "A text encoder that encodes each distinct text once (the judge sees the same names again: random explanations)."
+    import numpy as np
+    cache: dict = {}
+    def f(texts):
+        texts = list(texts)
+        miss = [t for t in dict.fromkeys(texts) if t not in cache]
+        if miss: cache.update(zip(miss, np.asarray(encode(miss))))
+        return np.stack([cache[t] for t in texts])
+    return f
 
 def _judge(cfg: Config, split: str | None = None):
     "The judge of the naming evaluation (on `split`, default `naming.eval_split`): the offline text judge or a VLM."
@@ -230,7 +261,7 @@ def _judge(cfg: Config, split: str | None = None):
     if cfg.naming.judge == "text":
         enc = run_encoder(cfg)
         emb, _ = EmbeddingStore(RunLayout(cfg.run_dir).extract.store).split(split or cfg.naming.eval_split)
-        return TextJudge(lambda t: enc.encode_texts(t).cpu().numpy(), emb)
+        return TextJudge(memo_text_encoder(lambda t: enc.encode_texts(t).cpu().numpy()), emb)
     return vlm_judge(build_vlm(cfg.naming, cfg.naming.judge), cfg.naming.protocol, cfg.naming.images_per_prompt)
 
 def _score_names(p, run) -> dict:
@@ -262,11 +293,20 @@ def _extract_external(p) -> dict:
     ext = dict(weights=cached_sha256(w) if w is not None else None)
     if not _renders_phantom(cfg):                     # a dataset on disk: its tables are inputs
         ext["tables"] = {s: cached_sha256(t) for s, t in dataset_tables(cfg).items() if t.is_file()}
+    if cfg.data.dataset == "folder":                  # a folder of images: its listing is the input
+        from medsae.general import folder_listing_hash
+        ext["folder"] = folder_listing_hash(data_root(cfg))
     return ext
 
 def _labels_external(p) -> dict:
     from medsae.provenance import cached_sha256
     return {k: cached_sha256(t) for k, t in _label_tables(p.cfg).items() if k != "phantom" or not _renders_phantom(p.cfg)}
+
+def _published_files(L) -> list:
+    "The published analyses' tables and figures (medsae.published) that the evaluate stage publishes."
+    e = L.evaluate
+    return [e.linearity_table, e.linearity_figure, e.linearity_planted, e.probes, e.linear_probe, e.sparsity_figure,
+            e.dead_rates, e.sweep_ranking, e.detector]
 
 def _tables(*names):
     "Publish tables (csv + md) and figures (png + svg) of a stage folder by their layout names."
@@ -279,7 +319,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("labels", "label statistics and the paper's balanced subsets", ("phantom",),
           ("data.labels", "data.uncertain", "data.blank", "data.frontal_only", "data.subset_per_class",
            "data.subset_order"), _labels,
-          lambda L: [L.labels.table("chexpert").counts, L.labels.table("chexpert").counts_figure], external=_labels_external),
+          lambda L: [L.labels.table("chexpert").counts, L.labels.table("chexpert").counts_figure],
+          lambda cfg: cfg.data.dataset != "folder", external=_labels_external),
     Stage("encoder", "the default encoder (MedCLIP, small ResNet + frozen MiniLM) trained on PhantomCXR", ("phantom",),
           ("encoder_training",), _encoder, lambda L: [L.encoder.auroc], _trains_encoder),
     Stage("extract", "image embeddings into a resumable store", ("phantom", "encoder"),
@@ -291,13 +332,14 @@ STAGES: tuple[Stage, ...] = (
     Stage("activations", "the SAE's codes of every split, stored sparse", ("sae", "extract"), (), _activations,
           part_of="evaluate"),
     Stage("evaluate", "monosemanticity: SAE latents vs raw dimensions; concept recovery", ("activations", "phantom"),
-          ("metrics", "data.labels", "data.uncertain", "data.blank", "data.subset_order"), _evaluate,
+          ("metrics", "analyses", "data.labels", "data.uncertain", "data.blank", "data.subset_order"), _evaluate,
           lambda L: [L.evaluate.monosemanticity, L.evaluate.best_units, L.evaluate.recovery,
                      L.evaluate.entropy_hist, L.evaluate.heatmap, L.evaluate.recovery_figure,
-                     L.evaluate.ablation]),
+                     L.evaluate.ablation, *_published_files(L)]),
     Stage("name", "names of the latents", ("evaluate", "activations", "encoder"),
           ("naming", "encoder", "data.labels", "data.uncertain", "data.blank"), _name,
-          lambda L: [L.name_stage.names, L.name_stage.named]),
+          lambda L: [L.name_stage.names, L.name_stage.named, L.name_stage.vocabulary_published,
+                     L.name_stage.sparsity_vocabulary]),
     Stage("score-names", "the detection test of the names", ("name", "evaluate"), ("naming", "encoder"),
           _score_names, lambda L: [L.score_names.summary, L.score_names.correctness, L.score_names.scores,
                                    L.score_names.figure, L.score_names.same_split]),

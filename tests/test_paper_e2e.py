@@ -80,7 +80,9 @@ def small(s, out_root, name, root):
             "sae.sweep_l1=[1.0]", "sae.sweep_epochs=2", "metrics.subset_per_class=4", "metrics.bootstrap=20",
             "metrics.permutations=3", "metrics.ms_sample=50", f"naming.model={s['gemma']}", "naming.device=cpu",
             "naming.load_in_4bit=false", "naming.min_active=3", "naming.max_latents=3", "naming.eval_units=2",
-            "naming.eval_positive=4", "naming.eval_negative=4", "naming.max_new_tokens=8", "naming.n_examples=4"]
+            "naming.eval_positive=4", "naming.eval_negative=4", "naming.max_new_tokens=8", "naming.n_examples=4",
+            "analyses.linearity_images=8", "analyses.linearity_pairs=4", "analyses.probe_per_class=4",
+            "analyses.probe_iters=10", "naming.vocabulary_min_count=100"]
 
 
 @pytest.mark.parametrize("config", ["paper", "paper-corrected"])

@@ -76,7 +76,7 @@ def test_the_two_paper_configs_differ_only_in_the_published_choices():
     differ = {k for k in p if p[k] != c[k]}
     published = {"data.uncertain", "data.frontal_only", "data.preprocess", "data.subset_order", "sae.normalise", "sae.l1",
                  "sae.resample_epochs", "sae.resample_rule", "sae.sweep", "naming.protocol", "naming.split",
-                 "naming.load_in_4bit"}
+                 "naming.load_in_4bit", "metrics.detector", "naming.vocabulary_min_count"}
     assert differ - {"run.name"} <= published, differ - published
     assert {"data.uncertain", "sae.normalise", "naming.protocol", "data.frontal_only"} <= differ
     for k in ("data.root", "encoder.name", "encoder.weights", "sae.expansion", "sae.epochs", "metrics.split", "naming.model"):
