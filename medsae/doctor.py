@@ -202,7 +202,7 @@ def hub_access(repo: str, timeout: float = 15.0) -> str | None:
     return f"the hub is not reachable ({type(e).__name__}: {_one_line(e, 200)})"
 
 def _uses_text_tower(cfg: Config) -> bool:
-    return "vocabulary" in cfg.naming.namers or cfg.naming.judge == "text"
+    return bool({"vocabulary", "vocabulary_published"} & set(cfg.naming.namers)) or cfg.naming.judge == "text"
 
 def check_tokenizer(cfg: Config) -> list[Check]:
     "`encoder.tokenizer`: Bio_ClinicalBERT's tokenizer as a local folder, in the HF cache, or reachable on the hub."
@@ -214,7 +214,7 @@ def check_tokenizer(cfg: Config) -> list[Check]:
     get = (f"`huggingface-cli download {BIO_CLINICAL_BERT} --local-dir DIR` (where the hub is reachable), then "
            f"--set encoder.tokenizer=DIR")
     if tok is None:
-        users = "the vocabulary namer and the text judge use it" if _uses_text_tower(cfg) else "only text encoding needs it"
+        users = "the vocabulary namers and the text judge use it" if _uses_text_tower(cfg) else "only text encoding needs it"
         return [Check(field, "FAIL" if _uses_text_tower(cfg) else "WARN", f"not set: MedCLIP's text tower needs "
                       f"Bio_ClinicalBERT's tokenizer ({users})", get)]
     local = Path(tok).expanduser()

@@ -227,3 +227,14 @@ def test_weights_that_are_not_the_official_archive_fail(tmp_path):
     with zipfile.ZipFile(tmp_path / "evil.zip", "w") as f: f.writestr("pytorch_model.bin", buf.getvalue())
     c = check_weights(load_config(None, ["encoder.name=medclip-swin", f"encoder.weights={tmp_path / 'evil.zip'}"]))[0]
     assert c.status == "FAIL" and "pickle of more than tensors" in c.found and "medclip-vit-pretrained.zip" in c.fix
+
+
+def test_tokenizer_is_required_by_every_text_tower_user():
+    "MedCLIP without a tokenizer: a FAIL when a vocabulary namer or the text judge needs the text tower, else a WARN."
+    from medsae.config import load_config
+    from medsae.doctor import check_tokenizer
+    base = ["encoder.name=medclip-resnet50", "naming.judge=medgemma"]
+    status = lambda namers: check_tokenizer(load_config(None, [*base, f"naming.namers=[{namers}]"]))[0].status
+    assert status("enrichment") == "WARN"
+    assert status("vocabulary") == "FAIL" and status("vocabulary_published") == "FAIL"
+    assert check_tokenizer(load_config(None, ["encoder.name=medclip-resnet50", "naming.namers=[enrichment]"]))[0].status == "FAIL"
