@@ -538,7 +538,9 @@ def decoder_map_figure(umap: pd.DataFrame, units: pd.DataFrame, title: str = "")
     return fig
 
 def interactive_figures(cfg, run, out) -> dict[str, Path]:
-    "The report's interactive figures of a run, written as offline HTML pages into `out` (a `ReportFolder`)."
+    """The report's interactive figures of a run, written as offline HTML pages into `out` (a `ReportFolder`);
+    none for a folder of images, which has no labels for their r, entropy and best concept."""
+    if cfg.data.dataset == "folder": return {}
     units, r, labels = run_units(cfg, run)
     units.round(5).to_csv(out.units, index=False)
     made = {"entropy_r": write_plotly_html(entropy_r_figure(units, cfg.metrics.entropy_threshold), out.entropy_r)}

@@ -62,3 +62,4 @@ def test_general_config_on_a_folder(tmp_path):
     page = L.report.results.read_text()
     assert "a folder of images without labels" in page and "RANDOM WEIGHTS" in page
     assert "## 6. The published code's other analyses" in page and "not in this run" in page
+    assert not L.report.entropy_r.exists()                  # no labels: no interactive r / entropy figures either
