@@ -114,3 +114,15 @@ def test_no_import_cycle():
         for d in sorted(graph.get(m, ())): visit(d, path + [m])
         state[m] = "done"
     for m in graph: visit(m, [])
+
+
+def test_committed_results_page_shows_only_committed_figures():
+    "RESULTS.md (the reference run's page) links its images into figures/reference/, which holds exactly those."
+    import re
+    page = (ROOT / "RESULTS.md").read_text()
+    shown = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", page)
+    assert shown and all(s.startswith("figures/reference/") for s in shown), shown
+    assert not [s for s in shown if not (ROOT / s).is_file()]
+    assert {Path(s).name for s in shown} == {p.name for p in (ROOT / "figures" / "reference").glob("*.png")}
+    tracked = subprocess.run(["git", "ls-files", "figures/reference"], cwd=ROOT, capture_output=True, text=True).stdout
+    if tracked: assert set(tracked.split()) == set(shown)            # in a clone: every figure it shows is committed
