@@ -646,10 +646,8 @@ def results_section(cfg, R, link: Callable, table: Callable, number: str = "6") 
     if not pub:
         return L + ["*The evaluate stage of this run did not run these analyses (`analyses.published: false`, or an "
                     "older evaluate stage).*", ""]
-    sec = pub.get("seconds", {})
-    L.append(f"They took {sum(sec.values()):.1f} s in the evaluate stage ("
-             + ", ".join(f"{k} {v:.1f} s" for k, v in sec.items()) + ").")
-    L.append("")
+    L += ["Their run times are in the evaluate stage's `published.json` (`seconds`), not on this page, whose numbers are "
+          "the same on every machine.", ""]
     lin = pub.get("linearity")
     if lin:
         L += [f"### {number}a. Linearity: a composite image's embedding against its parts'", "",

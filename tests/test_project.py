@@ -123,6 +123,7 @@ def test_committed_results_page_shows_only_committed_figures():
     shown = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", page)
     assert shown and all(s.startswith("figures/reference/") for s in shown), shown
     assert not [s for s in shown if not (ROOT / s).is_file()]
+    assert not re.findall(r".*\b\d+(?:\.\d+)? s\b.*", page)              # no run time: the page is the same everywhere
     assert {Path(s).name for s in shown} == {p.name for p in (ROOT / "figures" / "reference").glob("*.png")}
     tracked = subprocess.run(["git", "ls-files", "figures/reference"], cwd=ROOT, capture_output=True, text=True).stdout
     if tracked: assert set(tracked.split()) == set(shown)            # in a clone: every figure it shows is committed
