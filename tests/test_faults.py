@@ -205,12 +205,13 @@ def test_naming_survives_kills(run):
     from medsae.naming import NameResult
     root = start_from(run, ["extract", "sae", "activations", "evaluate"], "name")
     cache = root / "default" / "cache" / "names.jsonl"
+    total = len((run["clean"] / "cache" / "names.jsonl").read_text().splitlines())   # latents and raw dimensions
     def answers(): return len(cache.read_text().splitlines()) if cache.exists() else 0
     def where():
         if (root / "default" / "name").exists(): return "complete, before the kill"
-        return f"{answers()} of 80 answers cached" if answers() else "no answer cached"
+        return f"{answers()} of {total} answers cached" if answers() else "no answer cached"
     rec = kill_loop(run, ["name", *argv(root, run["data"], run["weights"], run["extra"])], "name",
-                    lambda: (lambda n0=answers(): answers() > n0), where, lambda: 1 - answers() / 80)
+                    lambda: (lambda n0=answers(): answers() > n0), where, lambda: 1 - answers() / total)
     na, nb = (pd.read_csv(x / "name" / "names.csv") for x in (run["clean"], root / "default"))
     lines = cache.read_text().splitlines()
     keys = [NameResult(**json.loads(l)).key for l in lines]                  # every line an answer: none torn
