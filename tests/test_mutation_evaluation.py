@@ -586,3 +586,61 @@ def test_defaults_are_the_papers_1000_resamples_200_permutations_threshold_and_t
     for name, u in units.items():
         assert t.loc[name, "entering"] == len(monosemanticity(correlations(u, y, LABS), 0.2).entering)
         assert np.isclose(t.loc[name, "mean_max_f1"], detection(u, y, top=0.3).f1.max(0).mean())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# phantom_concepts: patterns, phrases and types (mutation survivors of issue 19)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _phantom_gt(n=40):
+    "A small PhantomCXR ground-truth table whose planted findings are booleans, as pandas reads True/False."
+    return pd.DataFrame({"planted.Edema": np.r_[np.ones(12), np.zeros(n - 12)].astype(bool),
+                         "planted.No Finding": np.r_[np.zeros(12), np.ones(n - 12)].astype(bool),
+                         "planted.Pleural Thickening": np.r_[np.ones(15), np.zeros(n - 15)].astype(bool),
+                         "nuisance.view": ["AP"] * 15 + ["PA"] * (n - 15),
+                         "nuisance.marker": ["L"] * 10 + ["R"] * 10 + ["none"] * (n - 20),
+                         "nuisance.annotation": ["PORTABLE"] * 10 + [None] * 10 + ["none"] * (n - 20),
+                         "nuisance.rotation_deg": np.linspace(-19.5, 19.5, n),
+                         "nuisance.inspiration": [0.94] * 10 + [1.0] * (n - 10),
+                         "nuisance.exposure": [-0.3] * 10 + [0.0] * (n - 25) + [0.3] * 15,
+                         "nuisance.contrast": np.arange(n, dtype=float)})
+
+
+def test_phantom_concepts_are_floats_even_from_boolean_columns():
+    "y is 0/1 floats whatever the table's types: arithmetic such as 1 - y (the negatives) must work."
+    c = phantom_concepts(_phantom_gt())
+    assert c.y.dtype == np.float64
+    assert (1 - c.y)[:, c.names.index("Edema")].tolist() == [0.0] * 12 + [1.0] * 28
+
+
+def test_phantom_concepts_patterns_are_the_report_keywords():
+    "A finding's pattern holds its report synonyms; No Finding its normality phrases; an unknown finding its name."
+    c = phantom_concepts(_phantom_gt())
+    assert re.search(c.patterns["Edema"], "mild vascular congestion", re.I)          # a synonym in reports.KEYWORDS
+    assert re.search(c.patterns["Edema"], "Kerley B lines", re.I)
+    nf = c.patterns["No Finding"]
+    assert re.search(nf, "No acute cardiopulmonary process.", re.I) and re.search(nf, "Lungs are clear.", re.I)
+    assert not re.search(nf, "pleural thickening", re.I)
+    pt = c.patterns["Pleural Thickening"]                                            # not in KEYWORDS: its own name
+    assert re.search(pt, "apical pleural thickening", re.I) and not re.search(pt, "no acute process", re.I)
+    assert not re.search(pt, "normal chest", re.I) and not re.search(pt, "pleural", re.I)
+
+
+def test_phantom_concepts_nuisance_phrases_and_patterns():
+    "The annotation and the continuous nuisance factors carry the phrases and patterns their tables state."
+    c = phantom_concepts(_phantom_gt())
+    assert c.phrases["text annotation"] == ["text annotation", "burned-in text", "portable label", "supine label"]
+    assert re.search(c.patterns["text annotation"], "burned-in text label", re.I)
+    assert c.phrases["high contrast"] == ["high contrast film", "contrast"]
+    assert re.search(c.patterns["high contrast"], "high contrast film", re.I)
+    assert not re.search(c.patterns["high contrast"], "burned-in text", re.I)
+
+
+def test_phantom_concepts_read_numbers_stored_as_text():
+    "A continuous nuisance column read as text (e.g. dtype=str) gives the same top quarter as the numbers."
+    gt = _phantom_gt()
+    c = phantom_concepts(gt)
+    t = phantom_concepts(gt.assign(**{"nuisance.contrast": gt["nuisance.contrast"].map(lambda v: f"{v:.1f}").astype(object)}))
+    j = c.names.index("high contrast")
+    assert t.names == c.names and (t.y == c.y).all()
+    assert c.y[:, j].tolist() == [0.0] * 30 + [1.0] * 10                 # contrast 0..39: above the 75th percentile 29.25
