@@ -644,3 +644,67 @@ def test_phantom_concepts_read_numbers_stored_as_text():
     j = c.names.index("high contrast")
     assert t.names == c.names and (t.y == c.y).all()
     assert c.y[:, j].tolist() == [0.0] * 30 + [1.0] * 10                 # contrast 0..39: above the 75th percentile 29.25
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# compare_units: defaults, the threshold of the bootstrap, held-out selection under a mask, ties of the null
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_compare_units_monosemanticity_score_sample_is_2000_by_default():
+    "With more than 2000 images the score is computed on 2000 of them, drawn without replacement by the seed."
+    rng = np.random.default_rng(21)
+    n = 2010
+    y = (rng.random((n, 1)) < 0.5).astype(float)
+    a = np.abs(rng.normal(size=(n, 3))); a[:, 0] += y[:, 0]
+    emb = rng.normal(size=(n, 4))
+    tab, det = compare_units({"u": a}, y, ["A"], n_boot=0, n_perm=0, ms_emb=emb)
+    assert tab.loc[0, "ms_sample"] == 2000
+    idx = np.sort(np.random.default_rng(0).choice(n, 2000, replace=False))
+    assert len(np.unique(idx)) == 2000
+    assert np.allclose(det["u_ms"], monosemanticity_score(a[idx], emb[idx]), equal_nan=True)
+
+
+def test_compare_units_bootstrap_selects_with_the_given_threshold():
+    "The bootstrap re-measures the units chosen at the table's threshold (0.45 here), not at the default 0.2."
+    a, y, _ = _data(3, n=50)
+    _, det = compare_units({"u": a}, y, LABS, threshold=0.45, n_boot=3, n_perm=0, seed=1)
+    idx = np.sort(np.random.default_rng(1).integers(0, 50, 50))
+    want = _reference_resample(a, y, None, monosemanticity(correlations(a, y, LABS), 0.45), idx)
+    other = _reference_resample(a, y, None, monosemanticity(correlations(a, y, LABS), 0.2), idx)
+    assert not np.isclose(want["mean_entropy"], other["mean_entropy"])            # the threshold matters here
+    assert np.isclose(det["bootstrap"].mean_entropy.iloc[0], want["mean_entropy"])
+
+
+def test_compare_units_held_out_choice_respects_the_selection_mask():
+    "On the selection split unit 1 follows A only where A is masked out: under the mask unit 0 is chosen."
+    rng = np.random.default_rng(5)
+    n = 80
+    sy = (rng.random((n, 1)) < 0.5).astype(float); sy[0], sy[1] = 1, 0
+    sm = np.ones((n, 1), bool); sm[40:] = False
+    sa = rng.normal(size=(n, 2)); sa[:, 0] += sy[:, 0]; sa[40:, 1] += 10 * sy[40:, 0]
+    y = (rng.random((n, 1)) < 0.5).astype(float)
+    a = rng.normal(size=(n, 2)); a[:, 0] += 1.5 * y[:, 0]; a[:, 1] += 0.5 * y[:, 0]
+    r = pearson(a, y)[:, 0]
+    tab, _ = compare_units({"u": a}, y, ["A"], n_boot=0, n_perm=0, select_on=({"u": sa}, sy, sm))
+    assert not np.isclose(r[0], r[1]) and np.isclose(tab.loc[0, "heldout_mean_best_r"], r[0])
+    unmasked, _ = compare_units({"u": a}, y, ["A"], n_boot=0, n_perm=0, select_on=({"u": sa}, sy, None))
+    assert np.isclose(unmasked.loc[0, "heldout_mean_best_r"], r[1])               # without the mask: unit 1
+
+
+def test_compare_units_null_p_value_counts_ties_as_at_least_as_high():
+    "Units: every 3-of-6 indicator. Any shuffle of a 3-positive label is one of them (r = 1): p = (1 + n) / (1 + n)."
+    units = np.array([[1.0 if i in s else 0.0 for s in itertools.combinations(range(6), 3)] for i in range(6)])
+    y = np.array([[1.0], [1.0], [1.0], [0.0], [0.0], [0.0]])
+    tab, det = compare_units({"u": units}, y, ["A"], n_boot=0, n_perm=5, seed=3)
+    assert tab.loc[0, "mean_max_r"] == 1.0 and (det["null"]["mean_max_r"] == 1.0).all()
+    assert tab.loc[0, "mean_max_r_null_p"] == 1.0
+
+
+def test_compare_units_table_layout():
+    "A row: the set, its point estimates, the classes without a unit, then intervals and null columns."
+    a, y, _ = _data(6, n=60)
+    tab, _ = compare_units({"u": a}, y, LABS, n_boot=3, n_perm=2)
+    summary = [k for k in monosemanticity(correlations(a, y, LABS), 0.2).summary() if k != "classes_without_unit"]
+    head = ["units", *summary, "mean_max_f1", "mean_best_unit_f1", "classes_without_unit"]
+    assert list(tab.columns[:len(head)]) == head
+    assert list(tab.columns[len(head):len(head) + 3]) == ["mean_best_entropy_lo", "mean_best_entropy_hi", "mean_best_entropy_bias"]
