@@ -708,3 +708,63 @@ def test_compare_units_table_layout():
     head = ["units", *summary, "mean_max_f1", "mean_best_unit_f1", "classes_without_unit"]
     assert list(tab.columns[:len(head)]) == head
     assert list(tab.columns[len(head):len(head) + 3]) == ["mean_best_entropy_lo", "mean_best_entropy_hi", "mean_best_entropy_bias"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# paired_bootstrap: input types, offsets, the mask of the selection, errors and the progress bar
+# ---------------------------------------------------------------------------------------------------------------
+
+def _stats(b):
+    return b[["mean_entropy", "mean_best_r", "mean_best_entropy"]].to_numpy()
+
+
+def test_paired_bootstrap_is_shift_invariant_per_unit():
+    "r does not change when each unit is shifted by its own large constant (1e5 here): nor may the bootstrap."
+    a, y, _ = _data(2, n=60)
+    off = np.array([1e5, -3e5, 2e5, 5e4, -1e5, 4e5])
+    b0 = paired_bootstrap({"u": a}, y, LABS, n_boot=4, seed=1)
+    b1 = paired_bootstrap({"u": a + off}, y, LABS, n_boot=4, seed=1)
+    assert np.isfinite(_stats(b0)).all() and np.allclose(_stats(b1), _stats(b0), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_paired_bootstrap_float32_input_is_computed_in_float64(sparse):
+    "float32 activations give exactly the numbers of their float64 copy (the sums are taken in float64)."
+    a, y, _ = _data(2, n=60)
+    a32 = np.where(a > 0.5, a, 0).astype(np.float32) if sparse else a.astype(np.float32)
+    u32 = sp.csr_matrix(a32) if sparse else a32
+    u64 = sp.csr_matrix(a32.astype(np.float64)) if sparse else a32.astype(np.float64)
+    b32 = paired_bootstrap({"u": u32}, y, LABS, n_boot=4, seed=1)
+    b64 = paired_bootstrap({"u": u64}, y, LABS, n_boot=4, seed=1)
+    assert np.allclose(_stats(b32), _stats(b64), rtol=0, atol=1e-12, equal_nan=True)
+
+
+def test_paired_bootstrap_chooses_units_on_the_defined_cells_only():
+    "Unit 0 is A's best on the defined images; its noise where A is masked out must not count against it."
+    rng = np.random.default_rng(9)
+    n = 80
+    y = (rng.random((n, 1)) < 0.5).astype(float); y[0], y[1] = 1, 0
+    mask = np.ones((n, 1), bool); mask[40:] = False
+    a = rng.normal(size=(n, 2)); a[:, 0] += 2.0 * y[:, 0]; a[:, 1] += 1.0 * y[:, 0]
+    a[40:, 0] = 1.0 + 6 * rng.normal(size=40)                          # noise where A is undefined
+    mono = monosemanticity(correlations(a, y, ["A"], mask), 0.2)
+    zero_filled = monosemanticity(correlations(a, np.where(mask, y, 0.0), ["A"]), 0.2)
+    assert list(mono.best_unit) == [0] and list(zero_filled.best_unit) == [1]
+    boot = paired_bootstrap({"u": a}, np.where(mask, y, np.nan), ["A"], mask, n_boot=3, seed=0)
+    idx = np.sort(np.random.default_rng(0).integers(0, n, n))
+    want = _reference_resample(a, y, mask, mono, idx)
+    assert np.isclose(boot.mean_best_r.iloc[0], want["mean_best_r"])
+
+
+def test_paired_bootstrap_names_the_label_of_a_non_finite_cell():
+    a, y, _ = _data(2, n=30)
+    y = y.copy(); y[5, 1] = np.nan
+    with pytest.raises(MetricError, match=r"^label 'B' is not finite at row 5"):
+        paired_bootstrap({"u": a}, y, LABS, n_boot=2)
+
+
+def test_paired_bootstrap_with_a_progress_bar_gives_the_same_frame():
+    a, y, _ = _data(2, n=40)
+    quiet = paired_bootstrap({"u": a}, y, LABS, n_boot=5, seed=4, block=2)
+    shown = paired_bootstrap({"u": a}, y, LABS, n_boot=5, seed=4, block=2, progress=True)
+    pd.testing.assert_frame_equal(quiet, shown)
