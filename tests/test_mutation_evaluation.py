@@ -768,3 +768,37 @@ def test_paired_bootstrap_with_a_progress_bar_gives_the_same_frame():
     quiet = paired_bootstrap({"u": a}, y, LABS, n_boot=5, seed=4, block=2)
     shown = paired_bootstrap({"u": a}, y, LABS, n_boot=5, seed=4, block=2, progress=True)
     pd.testing.assert_frame_equal(quiet, shown)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# _weighted_r's lower bound; hungarian_matching's default candidates
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_weighted_r_of_anti_correlated_units_never_below_minus_one():
+    "Units c y + d with c < 0 have r = -1 exactly in theory; rounding may give -1 - 4e-16, which is clipped."
+    rng = np.random.default_rng(0)
+    n = 31
+    y = (rng.random((n, 1)) < 0.5).astype(float); y[0], y[1] = 1, 0
+    c = -np.abs(rng.normal(size=400)) * 10 ** rng.uniform(-3, 3, 400)
+    d = rng.normal(size=400) * 10 ** rng.uniform(-3, 3, 400)
+    a = y * c + d
+    a = a - a.mean(0)
+    W = np.c_[np.ones(n), np.bincount(rng.integers(0, n, n), minlength=n)].astype(float)
+    R = _weighted_r(a, a * a, y, np.ones_like(y), W)
+    assert np.allclose(R, -1.0, rtol=0, atol=1e-12) and (R >= -1.0).all()
+    # the bound is needed: the unclipped formula on all images goes below -1 for some of these units
+    s_a, s_aa, s_ay, s_y = a.sum(0), (a * a).sum(0), (a * y).sum(0), y.sum()
+    raw = (n * s_ay - s_a * s_y) / np.sqrt((n * s_aa - s_a ** 2) * (n * s_y - s_y ** 2))
+    assert (raw < -1.0).any()
+
+
+def test_hungarian_matching_default_looks_at_each_concepts_top_50_units():
+    "51 concepts share the same 50 best units: with the default 50 candidates one concept stays unmatched (-1)."
+    auc = np.full((60, 51), 0.5)
+    auc[:50] = 0.9 - 0.001 * np.arange(50)[:, None]                     # units 0..49: every concept's top 50
+    auc[50:] = 0.6 - 0.001 * np.arange(10)[:, None]
+    names = [f"c{i}" for i in range(51)]
+    out = hungarian_matching(auc, names)
+    assert (out.matched_unit == -1).sum() == 1 and set(out.matched_unit[out.matched_unit >= 0]) == set(range(50))
+    wider = hungarian_matching(auc, names, candidates=51)
+    assert (wider.matched_unit >= 0).all() and set(wider.matched_unit) == set(range(51))
