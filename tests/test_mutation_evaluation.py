@@ -586,3 +586,219 @@ def test_defaults_are_the_papers_1000_resamples_200_permutations_threshold_and_t
     for name, u in units.items():
         assert t.loc[name, "entering"] == len(monosemanticity(correlations(u, y, LABS), 0.2).entering)
         assert np.isclose(t.loc[name, "mean_max_f1"], detection(u, y, top=0.3).f1.max(0).mean())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# phantom_concepts: patterns, phrases and types (mutation survivors of issue 19)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _phantom_gt(n=40):
+    "A small PhantomCXR ground-truth table whose planted findings are booleans, as pandas reads True/False."
+    return pd.DataFrame({"planted.Edema": np.r_[np.ones(12), np.zeros(n - 12)].astype(bool),
+                         "planted.No Finding": np.r_[np.zeros(12), np.ones(n - 12)].astype(bool),
+                         "planted.Pleural Thickening": np.r_[np.ones(15), np.zeros(n - 15)].astype(bool),
+                         "nuisance.view": ["AP"] * 15 + ["PA"] * (n - 15),
+                         "nuisance.marker": ["L"] * 10 + ["R"] * 10 + ["none"] * (n - 20),
+                         "nuisance.annotation": ["PORTABLE"] * 10 + [None] * 10 + ["none"] * (n - 20),
+                         "nuisance.rotation_deg": np.linspace(-19.5, 19.5, n),
+                         "nuisance.inspiration": [0.94] * 10 + [1.0] * (n - 10),
+                         "nuisance.exposure": [-0.3] * 10 + [0.0] * (n - 25) + [0.3] * 15,
+                         "nuisance.contrast": np.arange(n, dtype=float)})
+
+
+def test_phantom_concepts_are_floats_even_from_boolean_columns():
+    "y is 0/1 floats whatever the table's types: arithmetic such as 1 - y (the negatives) must work."
+    c = phantom_concepts(_phantom_gt())
+    assert c.y.dtype == np.float64
+    assert (1 - c.y)[:, c.names.index("Edema")].tolist() == [0.0] * 12 + [1.0] * 28
+
+
+def test_phantom_concepts_patterns_are_the_report_keywords():
+    "A finding's pattern holds its report synonyms; No Finding its normality phrases; an unknown finding its name."
+    c = phantom_concepts(_phantom_gt())
+    assert re.search(c.patterns["Edema"], "mild vascular congestion", re.I)          # a synonym in reports.KEYWORDS
+    assert re.search(c.patterns["Edema"], "Kerley B lines", re.I)
+    nf = c.patterns["No Finding"]
+    assert re.search(nf, "No acute cardiopulmonary process.", re.I) and re.search(nf, "Lungs are clear.", re.I)
+    assert not re.search(nf, "pleural thickening", re.I)
+    pt = c.patterns["Pleural Thickening"]                                            # not in KEYWORDS: its own name
+    assert re.search(pt, "apical pleural thickening", re.I) and not re.search(pt, "no acute process", re.I)
+    assert not re.search(pt, "normal chest", re.I) and not re.search(pt, "pleural", re.I)
+
+
+def test_phantom_concepts_nuisance_phrases_and_patterns():
+    "The annotation and the continuous nuisance factors carry the phrases and patterns their tables state."
+    c = phantom_concepts(_phantom_gt())
+    assert c.phrases["text annotation"] == ["text annotation", "burned-in text", "portable label", "supine label"]
+    assert re.search(c.patterns["text annotation"], "burned-in text label", re.I)
+    assert c.phrases["high contrast"] == ["high contrast film", "contrast"]
+    assert re.search(c.patterns["high contrast"], "high contrast film", re.I)
+    assert not re.search(c.patterns["high contrast"], "burned-in text", re.I)
+
+
+def test_phantom_concepts_read_numbers_stored_as_text():
+    "A continuous nuisance column read as text (e.g. dtype=str) gives the same top quarter as the numbers."
+    gt = _phantom_gt()
+    c = phantom_concepts(gt)
+    t = phantom_concepts(gt.assign(**{"nuisance.contrast": gt["nuisance.contrast"].map(lambda v: f"{v:.1f}").astype(object)}))
+    j = c.names.index("high contrast")
+    assert t.names == c.names and (t.y == c.y).all()
+    assert c.y[:, j].tolist() == [0.0] * 30 + [1.0] * 10                 # contrast 0..39: above the 75th percentile 29.25
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# compare_units: defaults, the threshold of the bootstrap, held-out selection under a mask, ties of the null
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_compare_units_monosemanticity_score_sample_is_2000_by_default():
+    "With more than 2000 images the score is computed on 2000 of them, drawn without replacement by the seed."
+    rng = np.random.default_rng(21)
+    n = 2010
+    y = (rng.random((n, 1)) < 0.5).astype(float)
+    a = np.abs(rng.normal(size=(n, 3))); a[:, 0] += y[:, 0]
+    emb = rng.normal(size=(n, 4))
+    tab, det = compare_units({"u": a}, y, ["A"], n_boot=0, n_perm=0, ms_emb=emb)
+    assert tab.loc[0, "ms_sample"] == 2000
+    idx = np.sort(np.random.default_rng(0).choice(n, 2000, replace=False))
+    assert len(np.unique(idx)) == 2000
+    assert np.allclose(det["u_ms"], monosemanticity_score(a[idx], emb[idx]), equal_nan=True)
+
+
+def test_compare_units_bootstrap_selects_with_the_given_threshold():
+    "The bootstrap re-measures the units chosen at the table's threshold (0.45 here), not at the default 0.2."
+    a, y, _ = _data(3, n=50)
+    _, det = compare_units({"u": a}, y, LABS, threshold=0.45, n_boot=3, n_perm=0, seed=1)
+    idx = np.sort(np.random.default_rng(1).integers(0, 50, 50))
+    want = _reference_resample(a, y, None, monosemanticity(correlations(a, y, LABS), 0.45), idx)
+    other = _reference_resample(a, y, None, monosemanticity(correlations(a, y, LABS), 0.2), idx)
+    assert not np.isclose(want["mean_entropy"], other["mean_entropy"])            # the threshold matters here
+    assert np.isclose(det["bootstrap"].mean_entropy.iloc[0], want["mean_entropy"])
+
+
+def test_compare_units_held_out_choice_respects_the_selection_mask():
+    "On the selection split unit 1 follows A only where A is masked out: under the mask unit 0 is chosen."
+    rng = np.random.default_rng(5)
+    n = 80
+    sy = (rng.random((n, 1)) < 0.5).astype(float); sy[0], sy[1] = 1, 0
+    sm = np.ones((n, 1), bool); sm[40:] = False
+    sa = rng.normal(size=(n, 2)); sa[:, 0] += sy[:, 0]; sa[40:, 1] += 10 * sy[40:, 0]
+    y = (rng.random((n, 1)) < 0.5).astype(float)
+    a = rng.normal(size=(n, 2)); a[:, 0] += 1.5 * y[:, 0]; a[:, 1] += 0.5 * y[:, 0]
+    r = pearson(a, y)[:, 0]
+    tab, _ = compare_units({"u": a}, y, ["A"], n_boot=0, n_perm=0, select_on=({"u": sa}, sy, sm))
+    assert not np.isclose(r[0], r[1]) and np.isclose(tab.loc[0, "heldout_mean_best_r"], r[0])
+    unmasked, _ = compare_units({"u": a}, y, ["A"], n_boot=0, n_perm=0, select_on=({"u": sa}, sy, None))
+    assert np.isclose(unmasked.loc[0, "heldout_mean_best_r"], r[1])               # without the mask: unit 1
+
+
+def test_compare_units_null_p_value_counts_ties_as_at_least_as_high():
+    "Units: every 3-of-6 indicator. Any shuffle of a 3-positive label is one of them (r = 1): p = (1 + n) / (1 + n)."
+    units = np.array([[1.0 if i in s else 0.0 for s in itertools.combinations(range(6), 3)] for i in range(6)])
+    y = np.array([[1.0], [1.0], [1.0], [0.0], [0.0], [0.0]])
+    tab, det = compare_units({"u": units}, y, ["A"], n_boot=0, n_perm=5, seed=3)
+    assert tab.loc[0, "mean_max_r"] == 1.0 and (det["null"]["mean_max_r"] == 1.0).all()
+    assert tab.loc[0, "mean_max_r_null_p"] == 1.0
+
+
+def test_compare_units_table_layout():
+    "A row: the set, its point estimates, the classes without a unit, then intervals and null columns."
+    a, y, _ = _data(6, n=60)
+    tab, _ = compare_units({"u": a}, y, LABS, n_boot=3, n_perm=2)
+    summary = [k for k in monosemanticity(correlations(a, y, LABS), 0.2).summary() if k != "classes_without_unit"]
+    head = ["units", *summary, "mean_max_f1", "mean_best_unit_f1", "classes_without_unit"]
+    assert list(tab.columns[:len(head)]) == head
+    assert list(tab.columns[len(head):len(head) + 3]) == ["mean_best_entropy_lo", "mean_best_entropy_hi", "mean_best_entropy_bias"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# paired_bootstrap: input types, offsets, the mask of the selection, errors and the progress bar
+# ---------------------------------------------------------------------------------------------------------------
+
+def _stats(b):
+    return b[["mean_entropy", "mean_best_r", "mean_best_entropy"]].to_numpy()
+
+
+def test_paired_bootstrap_is_shift_invariant_per_unit():
+    "r does not change when each unit is shifted by its own large constant (1e5 here): nor may the bootstrap."
+    a, y, _ = _data(2, n=60)
+    off = np.array([1e5, -3e5, 2e5, 5e4, -1e5, 4e5])
+    b0 = paired_bootstrap({"u": a}, y, LABS, n_boot=4, seed=1)
+    b1 = paired_bootstrap({"u": a + off}, y, LABS, n_boot=4, seed=1)
+    assert np.isfinite(_stats(b0)).all() and np.allclose(_stats(b1), _stats(b0), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_paired_bootstrap_float32_input_is_computed_in_float64(sparse):
+    "float32 activations give exactly the numbers of their float64 copy (the sums are taken in float64)."
+    a, y, _ = _data(2, n=60)
+    a32 = np.where(a > 0.5, a, 0).astype(np.float32) if sparse else a.astype(np.float32)
+    u32 = sp.csr_matrix(a32) if sparse else a32
+    u64 = sp.csr_matrix(a32.astype(np.float64)) if sparse else a32.astype(np.float64)
+    b32 = paired_bootstrap({"u": u32}, y, LABS, n_boot=4, seed=1)
+    b64 = paired_bootstrap({"u": u64}, y, LABS, n_boot=4, seed=1)
+    assert np.allclose(_stats(b32), _stats(b64), rtol=0, atol=1e-12, equal_nan=True)
+
+
+def test_paired_bootstrap_chooses_units_on_the_defined_cells_only():
+    "Unit 0 is A's best on the defined images; its noise where A is masked out must not count against it."
+    rng = np.random.default_rng(9)
+    n = 80
+    y = (rng.random((n, 1)) < 0.5).astype(float); y[0], y[1] = 1, 0
+    mask = np.ones((n, 1), bool); mask[40:] = False
+    a = rng.normal(size=(n, 2)); a[:, 0] += 2.0 * y[:, 0]; a[:, 1] += 1.0 * y[:, 0]
+    a[40:, 0] = 1.0 + 6 * rng.normal(size=40)                          # noise where A is undefined
+    mono = monosemanticity(correlations(a, y, ["A"], mask), 0.2)
+    zero_filled = monosemanticity(correlations(a, np.where(mask, y, 0.0), ["A"]), 0.2)
+    assert list(mono.best_unit) == [0] and list(zero_filled.best_unit) == [1]
+    boot = paired_bootstrap({"u": a}, np.where(mask, y, np.nan), ["A"], mask, n_boot=3, seed=0)
+    idx = np.sort(np.random.default_rng(0).integers(0, n, n))
+    want = _reference_resample(a, y, mask, mono, idx)
+    assert np.isclose(boot.mean_best_r.iloc[0], want["mean_best_r"])
+
+
+def test_paired_bootstrap_names_the_label_of_a_non_finite_cell():
+    a, y, _ = _data(2, n=30)
+    y = y.copy(); y[5, 1] = np.nan
+    with pytest.raises(MetricError, match=r"^label 'B' is not finite at row 5"):
+        paired_bootstrap({"u": a}, y, LABS, n_boot=2)
+
+
+def test_paired_bootstrap_with_a_progress_bar_gives_the_same_frame():
+    a, y, _ = _data(2, n=40)
+    quiet = paired_bootstrap({"u": a}, y, LABS, n_boot=5, seed=4, block=2)
+    shown = paired_bootstrap({"u": a}, y, LABS, n_boot=5, seed=4, block=2, progress=True)
+    pd.testing.assert_frame_equal(quiet, shown)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# _weighted_r's lower bound; hungarian_matching's default candidates
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_weighted_r_of_anti_correlated_units_never_below_minus_one():
+    "Units c y + d with c < 0 have r = -1 exactly in theory; rounding may give -1 - 4e-16, which is clipped."
+    rng = np.random.default_rng(0)
+    n = 31
+    y = (rng.random((n, 1)) < 0.5).astype(float); y[0], y[1] = 1, 0
+    c = -np.abs(rng.normal(size=400)) * 10 ** rng.uniform(-3, 3, 400)
+    d = rng.normal(size=400) * 10 ** rng.uniform(-3, 3, 400)
+    a = y * c + d
+    a = a - a.mean(0)
+    W = np.c_[np.ones(n), np.bincount(rng.integers(0, n, n), minlength=n)].astype(float)
+    R = _weighted_r(a, a * a, y, np.ones_like(y), W)
+    assert np.allclose(R, -1.0, rtol=0, atol=1e-12) and (R >= -1.0).all()
+    # the bound is needed: the unclipped formula on all images goes below -1 for some of these units
+    s_a, s_aa, s_ay, s_y = a.sum(0), (a * a).sum(0), (a * y).sum(0), y.sum()
+    raw = (n * s_ay - s_a * s_y) / np.sqrt((n * s_aa - s_a ** 2) * (n * s_y - s_y ** 2))
+    assert (raw < -1.0).any()
+
+
+def test_hungarian_matching_default_looks_at_each_concepts_top_50_units():
+    "51 concepts share the same 50 best units: with the default 50 candidates one concept stays unmatched (-1)."
+    auc = np.full((60, 51), 0.5)
+    auc[:50] = 0.9 - 0.001 * np.arange(50)[:, None]                     # units 0..49: every concept's top 50
+    auc[50:] = 0.6 - 0.001 * np.arange(10)[:, None]
+    names = [f"c{i}" for i in range(51)]
+    out = hungarian_matching(auc, names)
+    assert (out.matched_unit == -1).sum() == 1 and set(out.matched_unit[out.matched_unit >= 0]) == set(range(50))
+    wider = hungarian_matching(auc, names, candidates=51)
+    assert (wider.matched_unit >= 0).all() and set(wider.matched_unit) == set(range(51))

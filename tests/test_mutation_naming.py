@@ -352,3 +352,20 @@ def test_summarise_scores_by_hand():
     assert s.loc[("w", "sae"), "units"] == 1 and np.isnan(s.loc[("w", "sae"), "accuracy_sd"])
     fine = summarise_scores(sc.assign(accuracy=[0.12345] * 5))
     assert fine.accuracy.iloc[0] == 0.123 and fine.best_accuracy.iloc[0] == 0.123
+
+
+def test_score_names_raw_float32_median_between_adjacent_values(tmp_path):
+    """float32 embeddings whose two middle values are adjacent float32 numbers (1 and 1 + 2^-23): the median lies
+    strictly between them, so 1 is below it and shown among the negatives (a float32 median rounds onto 1)."""
+    b = np.nextafter(np.float32(1), np.float32(2))
+    v = np.array([8, -4, 1, 6, -3, b, -2, 7, -1, 5], dtype=np.float32)   # sorted: -4 -3 -2 -1 1 b 5 6 7 8
+    raw = np.c_[v, np.zeros(10, np.float32)]
+    index = pd.DataFrame({"Path": [f"i{i}.png" for i in range(10)]})
+    names = pd.DataFrame({"unit_kind": ["raw"], "unit": [0], "namer": ["v"], "concept": ["c"], "description": ["d"],
+                          "ok": [True]})
+    j = Oracle(v.astype(np.float64), cut=4.0)
+    sc = score_names(names, sp.csr_matrix(np.zeros((10, 1))), raw, index, tmp_path, j, n_pos=2, n_neg=10,
+                     progress=False)
+    below = {1, 4, 6, 8, 2}                                              # -4, -3, -2, -1 and 1
+    assert set(j.calls[0][2]) == {0, 7} | below and sc.n_images.iloc[0] == 7 and sc.positives.iloc[0] == 2
+
