@@ -556,13 +556,19 @@ def test_compare_units_when_no_unit_enters():
     assert tab.loc[0, "mean_best_unit_f1"] == 0.0 and np.isnan(tab.loc[0, "mean_best_entropy"])
 
 
+def _decoy_under_mask(rng, n=80):
+    "Labels A, a mask hiding images 40: and two units: unit 0 follows A everywhere, unit 1 strongly but only where masked."
+    y = (rng.random((n, 1)) < 0.5).astype(float); y[0], y[1] = 1, 0
+    mask = np.ones((n, 1), bool); mask[40:] = False
+    a = rng.normal(size=(n, 2)); a[:, 0] += y[:, 0]; a[40:, 1] += 10 * y[40:, 0]
+    return y, mask, a
+
+
 def test_bootstrap_selects_units_under_the_mask():
     "Unit 1 follows label A only on images where A is masked out: on the defined images unit 0 is A's best."
     rng = np.random.default_rng(5)
     n = 80
-    y = (rng.random((n, 1)) < 0.5).astype(float); y[0], y[1] = 1, 0
-    mask = np.ones((n, 1), bool); mask[40:] = False
-    a = rng.normal(size=(n, 2)); a[:, 0] += y[:, 0]; a[40:, 1] += 10 * y[40:, 0]
+    y, mask, a = _decoy_under_mask(rng, n)
     mono = monosemanticity(correlations(a, y, ["A"], mask), 0.2)
     assert list(mono.best_unit) == [0] and monosemanticity(correlations(a, y, ["A"]), 0.2).best_unit[0] == 1
     boot = paired_bootstrap({"u": a}, y, ["A"], mask, n_boot=3, seed=0)
@@ -679,9 +685,7 @@ def test_compare_units_held_out_choice_respects_the_selection_mask():
     "On the selection split unit 1 follows A only where A is masked out: under the mask unit 0 is chosen."
     rng = np.random.default_rng(5)
     n = 80
-    sy = (rng.random((n, 1)) < 0.5).astype(float); sy[0], sy[1] = 1, 0
-    sm = np.ones((n, 1), bool); sm[40:] = False
-    sa = rng.normal(size=(n, 2)); sa[:, 0] += sy[:, 0]; sa[40:, 1] += 10 * sy[40:, 0]
+    sy, sm, sa = _decoy_under_mask(rng, n)
     y = (rng.random((n, 1)) < 0.5).astype(float)
     a = rng.normal(size=(n, 2)); a[:, 0] += 1.5 * y[:, 0]; a[:, 1] += 0.5 * y[:, 0]
     r = pearson(a, y)[:, 0]
