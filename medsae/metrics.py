@@ -65,8 +65,16 @@ class CorrelationStats:
         ym = y * msk
         if sp.issparse(a):
             a = sp.csr_matrix(a, dtype=np.float64)
-            a2 = a.multiply(a).tocsr()
-            self.s_a += np.asarray(a.T @ msk); self.s_aa += np.asarray(a2.T @ msk); self.s_ay += np.asarray(a.T @ ym)
+            if self.shift is None: self.shift = np.asarray(a.mean(0)).ravel() if a.shape[0] else np.zeros(self.m)
+            # shifted by c without densifying: stored entries hold a - c; the implicit zeros each hold -c, and there
+            # are (masked rows) - (stored masked entries) of them per unit and label
+            c = self.shift[:, None]
+            d = a.copy(); d.data = d.data - self.shift[d.indices]
+            p = d.copy(); p.data = np.ones_like(p.data)
+            zeros_m = msk.sum(0)[None, :] - np.asarray(p.T @ msk)
+            self.s_a += np.asarray(d.T @ msk) - c * zeros_m
+            self.s_aa += np.asarray(d.multiply(d).tocsr().T @ msk) + c ** 2 * zeros_m
+            self.s_ay += np.asarray(d.T @ ym) - c * (ym.sum(0)[None, :] - np.asarray(p.T @ ym))
         else:
             a = np.asarray(a, dtype=np.float64)
             if self.shift is None: self.shift = a.mean(0) if len(a) else np.zeros(self.m)
@@ -75,14 +83,21 @@ class CorrelationStats:
         self.n += msk.sum(0); self.s_y += ym.sum(0); self.s_yy += (ym * y).sum(0)
         return self
 
+    def defined(self) -> tuple[np.ndarray, np.ndarray]:
+        "Where r is defined: units (m, k) not constant over each label's images, and labels (k,) not constant."
+        n = self.n[None, :]
+        va = n * self.s_aa - self.s_a ** 2
+        vy = self.n * self.s_yy - self.s_y ** 2
+        return va > 1e-9 * np.maximum(n * self.s_aa, 1e-300), vy > 1e-9 * np.maximum(self.n * self.s_yy, 1e-300)
+
     def r(self) -> np.ndarray:
         "Pearson r (m, k); NaN where a unit or label is constant over its (masked) images."
         n = self.n[None, :]
         cov = n * self.s_ay - self.s_a * self.s_y[None, :]
         va = n * self.s_aa - self.s_a ** 2
         vy = (self.n * self.s_yy - self.s_y ** 2)[None, :]
-        tol_a = 1e-9 * np.maximum(n * self.s_aa, 1e-300)
-        ok = (va > tol_a) & (vy > 1e-9 * np.maximum(self.n * self.s_yy, 1e-300)[None, :])
+        unit_ok, label_ok = self.defined()
+        ok = unit_ok & label_ok[None, :]
         with np.errstate(invalid="ignore", divide="ignore"):
             r = np.where(ok, cov / np.sqrt(np.where(ok, va * vy, 1.0)), np.nan)
         return np.clip(r, -1.0, 1.0)
@@ -115,8 +130,9 @@ def correlations(acts, y: np.ndarray, labels: Sequence[str], mask: np.ndarray | 
     for s, e in _row_chunks(acts, chunk):
         st.update(acts[s:e], y[s:e], None if mask is None else mask[s:e])
     r = st.r()
-    lab_undef = tuple(l for l, c in zip(labels, np.isnan(r).all(0)) if c) if r.shape[0] else ()
-    unit_undef = np.flatnonzero(np.isnan(r[:, [i for i, l in enumerate(labels) if l not in lab_undef]]).any(1))
+    unit_ok, label_ok = st.defined()            # a label is blamed for its own variance only, never for the units'
+    lab_undef = tuple(l for l, ok in zip(labels, label_ok) if not ok)
+    unit_undef = np.flatnonzero(~unit_ok[:, label_ok].all(1))
     return Correlations(r, labels, int(acts.shape[0]), unit_undef, lab_undef)
 
 # %% ../nbs/51_metrics.ipynb #63336c17

@@ -105,9 +105,11 @@ def test_correlation_stats_accumulate_chunks_and_the_first_chunk_sets_the_shift(
     assert np.allclose(st.r(), pearson_masked(a, y, np.ones_like(y)), atol=1e-10)
     with pytest.raises(MetricError) as e: st.update(a[:, :1], y)
     assert str(e.value) == "chunk has 1 units, expected 2"
-    sp_st = CorrelationStats(2, 2).update(sp.csr_matrix(a[:13] - 100), y[:13]).update(sp.csr_matrix(a[13:] - 100), y[13:])
-    assert sp_st.shift is None and np.allclose(sp_st.r(), st.r(), atol=1e-10)
-    assert np.allclose(sp_st.s_aa, ((a - 100) ** 2).T @ np.ones((30, 2)))
+    b = a - 100
+    sp_st = CorrelationStats(2, 2).update(sp.csr_matrix(b[:13]), y[:13]).update(sp.csr_matrix(b[13:]), y[13:])
+    assert np.allclose(sp_st.shift, b[:13].mean(0)) and np.allclose(sp_st.r(), st.r(), atol=1e-10)
+    assert np.allclose(sp_st.s_aa, ((b - sp_st.shift) ** 2).T @ np.ones((30, 2)))
+    assert np.allclose(sp_st.s_ay, (b - sp_st.shift).T @ y)
 
 
 def test_constant_units_and_labels_are_undefined_despite_rounding():
@@ -174,7 +176,36 @@ def test_correlations_of_a_constant_label_and_no_units():
     c = correlations(rng.normal(size=(20, 3)), y, LABS)
     assert c.undefined_labels == ("B",) and list(c.undefined_units) == []      # units judged on the other labels
     empty = correlations(np.zeros((20, 0)), y, LABS)
-    assert empty.r.shape == (0, 3) and empty.undefined_labels == ()
+    assert empty.r.shape == (0, 3) and empty.undefined_labels == ("B",)     # the label's own variance, units or not
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_constant_units_never_make_the_labels_undefined(sparse):
+    "Every unit constant: the units are listed, the labels (which vary) are not blamed, and monosemanticity says so."
+    rng = np.random.default_rng(8)
+    y = (rng.random((30, 3)) < 0.5).astype(float); y[0], y[1] = 1, 0
+    a = np.c_[np.zeros(30), np.full(30, 2.5)]
+    c = correlations(sp.csr_matrix(a) if sparse else a, y, LABS)
+    assert c.undefined_labels == () and list(c.undefined_units) == [0, 1] and np.isnan(c.r).all()
+    m = monosemanticity(c)
+    assert m.n_undefined == 2 and len(m.entering) == 0
+
+
+@pytest.mark.parametrize("chunk", [7, 1000])
+def test_sparse_units_far_from_zero_are_centred_like_dense(chunk):
+    "Values near 1e5 with a spread of 1, some stored, some implicit zeros, and masks: r by numpy on the defined rows."
+    rng = np.random.default_rng(9)
+    n = 60
+    y = (rng.random((n, 3)) < 0.4).astype(float); y[0], y[1] = 1, 0
+    mask = rng.random((n, 3)) > 0.2; mask[:2] = True
+    a = 1e5 + rng.normal(size=(n, 4))
+    a[rng.random(n) < 0.3, 2] = 0.0                                     # a unit with implicit zeros among far values
+    a[:, 3] = 0.0; a[::5, 3] = 1e5 + rng.normal(size=12)                # mostly zero, far when it fires
+    want = pearson_masked(a, y, mask)
+    assert np.isfinite(want).all()
+    got = correlations(sp.csr_matrix(a), y, LABS, mask=mask, chunk=chunk)
+    assert np.allclose(got.r, want, atol=1e-8) and got.undefined_labels == () and len(got.undefined_units) == 0
+    assert np.allclose(correlations(a, y, LABS, mask=mask, chunk=chunk).r, want, atol=1e-8)
 
 
 # ---------------------------------------------------------------------------------------------------------------
