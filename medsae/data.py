@@ -21,8 +21,9 @@ from .config import CHEXPERT_COMPETITION5, CHEXPERT_LABELS, resolve_labels
 __all__ = ['META_COLUMNS', 'CHEXPERT_PREFIXES', 'MEDCLIP_MEAN', 'MEDCLIP_STD', 'DataError', 'read_chexpert_csv',
            'label_value_counts', 'LabelPolicy', 'label_matrix', 'frontal_only', 'patient_ids', 'split_by_patient',
            'balanced_subset', 'chexpert_5x200', 'resolve_image_path', 'image_files', 'load_image', 'pad_to_square',
-           'MedCLIPTransform', 'ChexpertImages', 'collate_skipping', 'write_skipped', 'scan_images',
-           'make_image_fixtures', 'write_table', 'plot_label_counts', 'save_figure', 'chexpert_label_stage']
+           'MedCLIPTransform', 'PixelCache', 'PixelLookup', 'ChexpertImages', 'collate_skipping', 'write_skipped',
+           'scan_images', 'make_image_fixtures', 'write_table', 'plot_label_counts', 'save_figure',
+           'chexpert_label_stage']
 
 # %% ../nbs/10_data.ipynb #de4ec295
 META_COLUMNS: tuple[str, ...] = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
@@ -268,19 +269,81 @@ class MedCLIPTransform:
         if not self.pad: im = im.resize((self.size, self.size), Image.Resampling.BILINEAR)      # published: stretch
         im = pad_to_square(im).resize((self.size, self.size), Image.Resampling.BICUBIC) if self.pad else im
         im = ImageOps.fit(im, (self.size, self.size), centering=(0.5, 0.5)) if im.size != (self.size,) * 2 else im
-        a = np.asarray(im, dtype=np.float32)
-        if im.mode == "L": a = a / 255.0
-        return torch.from_numpy((a - self.mean) / self.std)[None]
+        if im.mode == "L": return self.from_uint8(np.asarray(im))
+        return torch.from_numpy((np.asarray(im, dtype=np.float32) - self.mean) / self.std)[None]
+
+    def from_uint8(self, a: np.ndarray) -> torch.Tensor:
+        "The last step alone, for an 8-bit image already padded and resized (a decoded `PixelCache` row)."
+        return torch.from_numpy((a.astype(np.float32) / 255.0 - self.mean) / self.std)[None]
 
     def __repr__(self):
         return f"MedCLIPTransform(size={self.size}, mean={self.mean:.4f}, std={self.std:.4f}{'' if self.pad else ', pad=False'})"
+
+# %% ../nbs/10_data.ipynb #3fca5699
+import hashlib
+import json
+import os
+
+
+def _file_key(f: str | Path) -> str: return os.path.realpath(f)
+
+def _signature(keys: Sequence[str]) -> str:
+    "The sizes and modification times of files, as one hash (a file changed or gone gives another)."
+    h = hashlib.sha1()
+    for k in keys:
+        try: st = os.stat(k); h.update(f"{k}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        except OSError: h.update(f"{k}\tmissing\n".encode())
+    return h.hexdigest()
+
+class PixelCache:
+    "Decoded uint8 images (N, 1, s, s) by set name in `folder`, each with its files' signature; see above."
+    def __init__(self, folder: str | Path): self.folder = Path(folder)
+
+    def save(self, name: str, images: np.ndarray, files: Sequence[str | Path], exact: np.ndarray):
+        "Keep `images` (uint8, N x 1 x s x s, padded and resized) decoded from `files`; `exact`: rows that were 8-bit."
+        from medsae.provenance import atomic_path, atomic_write_json
+        images, exact = np.asarray(images), np.asarray(exact, dtype=bool)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 1 or images.shape[2] != images.shape[3]:
+            raise DataError(f"pixel cache {name!r}: expected uint8 images (N, 1, s, s), got {images.dtype} {images.shape}")
+        if not len(files) == len(exact) == len(images):
+            raise DataError(f"pixel cache {name!r}: {len(images)} images, {len(files)} files, {len(exact)} flags")
+        keys = [_file_key(f) for f in files]
+        with atomic_path(self.folder / f"{name}.npy") as tmp:
+            with open(tmp, "wb") as fh: np.save(fh, images)
+        atomic_write_json(self.folder / f"{name}.json", dict(size=int(images.shape[-1]), files=keys,
+                          exact=exact.tolist(), signature=_signature(keys)))   # written last: a set without it is unused
+
+    def lookup(self, size: int) -> "PixelLookup":
+        "Every still-valid row of the sets decoded at side `size`."
+        index, arrays = {}, []
+        for meta_p in sorted(self.folder.glob("*.json")):
+            try: meta = json.loads(meta_p.read_text())
+            except (OSError, ValueError): continue
+            npy = meta_p.with_suffix(".npy")
+            if meta.get("size") != size or not npy.exists() or _signature(meta["files"]) != meta["signature"]: continue
+            arrays.append(npy)
+            for i, (k, ex) in enumerate(zip(meta["files"], meta["exact"])): index[k] = (len(arrays) - 1, i, ex)
+        return PixelLookup(index, arrays)
+
+class PixelLookup:
+    "Rows of a `PixelCache` by file: `get(file)` -> (uint8 (1, s, s) image, exact) or None. Arrays open on first use."
+    def __init__(self, index: dict, arrays: list[Path]): self.index, self.arrays, self._open = index, arrays, {}
+    def __len__(self): return len(self.index)
+    def get(self, file: str | Path):
+        hit = self.index.get(_file_key(file))
+        if hit is None: return None
+        a, i, exact = hit
+        if a not in self._open: self._open[a] = np.load(self.arrays[a], mmap_mode="r")
+        return np.asarray(self._open[a][i]), exact
+    def __getstate__(self): return dict(self.__dict__, _open={})            # DataLoader workers open their own
 
 # %% ../nbs/10_data.ipynb #583c5dcd
 class ChexpertImages(torch.utils.data.Dataset):
     "Images and policy-applied labels for the rows of a CheXpert-layout table."
     def __init__(self, df: pd.DataFrame, root: str | Path, labels: Sequence[str] | str = CHEXPERT_LABELS,
-                 policy: LabelPolicy = LabelPolicy(), transform: Callable | None = None, strict: bool = False):
-        self.df, self.root, self.strict = df, Path(root), strict
+                 policy: LabelPolicy = LabelPolicy(), transform: Callable | None = None, strict: bool = False,
+                 pixels: tuple[PixelLookup, MedCLIPTransform] | None = None):
+        self.df, self.root, self.strict, self.pixels = df, Path(root), strict, pixels
         self.labels = resolve_labels(labels)
         if set(self.labels) <= set(df.columns): self.y, self.mask = label_matrix(df, self.labels, policy)
         else:                                  # a table without labels (a folder of images): every label undefined
@@ -293,7 +356,10 @@ class ChexpertImages(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         rec = dict(index=i, path=self.paths[i], labels=torch.from_numpy(self.y[i]), mask=torch.from_numpy(self.mask[i]))
         try:
-            rec["image"] = self.transform(load_image(resolve_image_path(self.root, self.paths[i])))
+            f = resolve_image_path(self.root, self.paths[i])
+            hit = self.pixels[0].get(f) if self.pixels else None
+            if hit is not None and hit[1]: rec["image"] = self.pixels[1].from_uint8(hit[0][0])   # decoded once before
+            else: rec["image"] = self.transform(load_image(f))
         except (FileNotFoundError, DataError) as e:
             if self.strict: raise DataError(f"row {i} ({self.paths[i]}): {e}") from None
             rec["skipped"] = f"{type(e).__name__}: {e}"

@@ -95,8 +95,9 @@ def train_medclip(model: MedCLIPModel, images: torch.Tensor, labels: torch.Tenso
 
 # %% ../nbs/21_encoder_training.ipynb #8f87e68d
 def load_pairs(root: str | Path, split: str = "train", size: int = 128, policy: LabelPolicy = LabelPolicy(),
-               progress: bool = True):
-    "(images uint8 (N, 1, size, size), labels float (N, 14), texts, table) of a PhantomCXR-layout split."
+               progress: bool = True, cache: "PixelCache | None" = None):
+    """(images uint8 (N, 1, size, size), labels float (N, 14), texts, table) of a PhantomCXR-layout split. With a
+    `PixelCache`, images it holds unchanged are not decoded again, and the split's decoded images are kept there."""
     from PIL import Image
     from tqdm.auto import tqdm
     from medsae.data import load_image, pad_to_square, resolve_image_path
@@ -110,10 +111,18 @@ def load_pairs(root: str | Path, split: str = "train", size: int = 128, policy: 
     if missing: raise EncoderError(f"{root.reports} has no report for {len(missing)} images, e.g. {sorted(missing)[:3]}")
     texts = [f"{reports.at[p, 'findings']} {reports.at[p, 'impression']}" for p in table["Path"]]
     imgs = np.empty((len(table), 1, size, size), np.uint8)
-    for i, p in enumerate(tqdm(table["Path"], desc=f"load {split}", unit="img", disable=not progress)):
-        im = pad_to_square(load_image(resolve_image_path(root.path, p)))
+    files = [resolve_image_path(root.path, p) for p in table["Path"]]
+    exact, decoded = np.ones(len(files), bool), 0
+    known = cache.lookup(size) if cache is not None else None
+    for i, f in enumerate(tqdm(files, desc=f"load {split}", unit="img", disable=not progress)):
+        hit = known.get(f) if known is not None else None
+        if hit is not None: imgs[i], exact[i] = hit; continue
+        im = load_image(f); decoded += 1
+        exact[i] = im.mode == "L"                   # 8-bit: the very pixels MedCLIPTransform makes (PixelCache)
+        im = pad_to_square(im)
         if im.mode == "F": im = Image.fromarray((np.asarray(im) * 255).clip(0, 255).astype(np.uint8))
         imgs[i, 0] = np.asarray(im.resize((size, size), Image.Resampling.BICUBIC))
+    if cache is not None and decoded: cache.save(split, imgs, files, exact)
     return torch.from_numpy(imgs), torch.from_numpy(y), texts, table
 
 def normalise_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -168,7 +177,9 @@ def train_phantom_encoder(root: str | Path, out_dir: str | Path, cfg: EncoderTra
     out.path.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
-    imgs, y, texts, _ = load_pairs(root, "train", cfg.image_size, policy, progress)
+    from medsae.data import PixelCache
+    pixels = PixelCache(out.path / "pixels")        # decoded once: the extraction reads these pixels again
+    imgs, y, texts, _ = load_pairs(root, "train", cfg.image_size, policy, progress, pixels)
     if cfg.report_tags:                             # what each report states about the film's technique, as targets too
         from medsae.reports import technical_tags
         y = torch.cat([y, torch.from_numpy(technical_tags(texts))], 1)
@@ -183,7 +194,7 @@ def train_phantom_encoder(root: str | Path, out_dir: str | Path, cfg: EncoderTra
     t_train = time.time() - t0 - t_load - t_text
     gt_all = pd.read_csv(root.ground_truth).set_index("Path")
     def embed_split(split):
-        ims, _, _, tab = load_pairs(root, split, cfg.image_size, policy, progress=False)
+        ims, _, _, tab = load_pairs(root, split, cfg.image_size, policy, progress=False, cache=pixels)
         with torch.no_grad():
             e = torch.cat([model.encode_image(normalise_uint8(ims[i:i + 256])) for i in range(0, len(ims), 256)])
         gt = gt_all.loc[tab["Path"]]

@@ -16,7 +16,8 @@ import pandas as pd
 import torch
 
 from .config import CHEXPERT_LABELS
-from .data import DataError, ChexpertImages, collate_skipping, read_chexpert_csv, write_skipped
+from .data import (DataError, ChexpertImages, MedCLIPTransform, PixelCache, collate_skipping, read_chexpert_csv,
+                         write_skipped)
 from .encoders import Encoder, EncoderError, _check_finite
 from .layout import DatasetFolder, StoreFolder
 from .provenance import atomic_path, atomic_write_json, environment_info, sha256_file
@@ -154,8 +155,9 @@ def _allocate(path: Path, plan: dict, table: pd.DataFrame, timeout: float = 600,
 def extract(enc: Encoder, root: str | Path, out: str | Path, splits: Sequence[str] = ("train", "valid", "test"),
             batch_size: int = 64, chunk_batches: int = 8, workers: int = 0, strict: bool = False,
             rank: int | None = None, world: int | None = None, progress: bool = True,
-            table: pd.DataFrame | None = None) -> EmbeddingStore:
-    "Extract embeddings of every image of a CheXpert-layout dataset into the store at `out` (resuming if begun)."
+            table: pd.DataFrame | None = None, pixels: PixelCache | None = None) -> EmbeddingStore:
+    """Extract embeddings of every image of a CheXpert-layout dataset into the store at `out` (resuming if begun).
+    `pixels`: a `PixelCache` of images already decoded at the encoder's side (used for a padding MedCLIP transform)."""
     from tqdm.auto import tqdm
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
@@ -169,7 +171,10 @@ def extract(enc: Encoder, root: str | Path, out: str | Path, splits: Sequence[st
     done = json.loads(prog_p.read_text()) if prog_p.exists() else dict(rows_done=lo, skipped=[])
     chunk = batch_size * chunk_batches
     start = done["rows_done"]
-    ds = ChexpertImages(table.iloc[start:hi], root, transform=enc.preprocess, strict=strict)
+    t = getattr(enc, "_transform", None)
+    known = pixels.lookup(t.size) if pixels is not None and isinstance(t, MedCLIPTransform) and t.pad else None
+    ds = ChexpertImages(table.iloc[start:hi], root, transform=enc.preprocess, strict=strict,
+                        pixels=(known, t) if known else None)
     pin = enc.device.type == "cuda"
     dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_skipping,
                                      pin_memory=pin, persistent_workers=False)

@@ -170,8 +170,11 @@ def _extract(p, run) -> dict:
     from medsae.extract import extract
     cfg = p.cfg
     table = dataset_frame(cfg)
+    from medsae.data import PixelCache
+    pixels = p.layout.encoder.path / "pixels"           # what the encoder's training decoded is not decoded again
     store = extract(run_encoder(cfg), data_root(cfg), run.path / "store", batch_size=cfg.encoder.batch_size,
-                    workers=cfg.encoder.workers, strict=cfg.data.strict, table=table)
+                    workers=cfg.encoder.workers, strict=cfg.data.strict, table=table,
+                    pixels=PixelCache(pixels) if pixels.is_dir() else None)
     return dict(rows=store.meta["rows"], dim=store.meta["dim"], skipped=store.meta["skipped"],
                 encoder=store.meta["encoder"], splits=table["split"].value_counts().to_dict(),
                 frontal_only=cfg.data.frontal_only, preprocess=cfg.data.preprocess)

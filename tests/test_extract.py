@@ -114,3 +114,44 @@ def test_nan_embeddings_stop_with_the_image_ids(tmp_path, phantom, weights):
     enc.encode_images = broken
     with pytest.raises(EncoderError, match="patient00002"):
         extract(enc, phantom, tmp_path / "s", splits=("train",), batch_size=8, progress=False)
+
+
+def test_pixels_decoded_once_are_reused_exactly_and_dropped_when_a_file_changes(tmp_path, monkeypatch):
+    """The encoder's training keeps its decoded images (PixelCache); a second load and the extraction read them
+    instead of decoding (counted), with bit-identical results; a 16-bit image is decoded again (its uint8 copy is not
+    what MedCLIPTransform sees); a file changed since drops its set, which is then decoded again."""
+    from PIL import Image
+    import medsae.data as D
+    from medsae.data import PixelCache, read_chexpert_csv
+    from medsae.encoder_training import load_pairs
+    from medsae.encoders import MedCLIPEncoder, build_phantom_model
+    from medsae.phantomcxr import generate_phantom
+    root = tmp_path / "p"
+    generate_phantom(root, PhantomConfig(n_train=12, n_valid=4, n_test=4, workers=1), seed=2, progress=False)
+    train = read_chexpert_csv(root / "train.csv")["Path"].tolist()
+    deep = root / train[3]                                         # one 16-bit image (CheXpert can hold such files)
+    Image.fromarray((np.asarray(Image.open(deep), dtype=np.uint16) * 257)).save(deep)
+    torch.manual_seed(0)
+    enc = MedCLIPEncoder(build_phantom_model(EncoderTrainingConfig(image_size=64, widths=[8, 16, 32, 64])), "t",
+                         image_size=64)
+    plain = extract(enc, root, tmp_path / "plain", batch_size=4, progress=False).embeddings()
+
+    cache = PixelCache(tmp_path / "pixels")
+    decoded, load = [], D.load_image
+    monkeypatch.setattr(D, "load_image", lambda f: decoded.append(Path(f).name) or load(f))
+    first = load_pairs(root, "train", 64, progress=False, cache=cache)[0]
+    assert len(decoded) == 12
+    decoded.clear()
+    assert torch.equal(load_pairs(root, "train", 64, progress=False, cache=cache)[0], first) and decoded == []
+    assert torch.equal(first, load_pairs(root, "train", 64, progress=False)[0])        # the cache changes nothing
+    decoded.clear()
+    cached = extract(enc, root, tmp_path / "cached", batch_size=4, progress=False, pixels=cache).embeddings()
+    assert np.array_equal(cached, plain)
+    assert sorted(decoded) == sorted([Path(train[3]).name] + [Path(p).name for s in ("valid", "test")
+                                      for p in read_chexpert_csv(root / f"{s}.csv")["Path"]])
+    Image.open(root / train[0]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(root / train[0])   # a file changes
+    decoded.clear()
+    again = extract(enc, root, tmp_path / "again", batch_size=4, progress=False, pixels=cache).embeddings()
+    assert len(decoded) == 20 and not np.array_equal(again[0], plain[0]) and np.array_equal(again[1:], plain[1:])
+    decoded.clear()
+    assert not torch.equal(load_pairs(root, "train", 64, progress=False, cache=cache)[0], first) and len(decoded) == 12
