@@ -83,11 +83,15 @@ def test_float32_inputs_are_computed_in_float64(sparse):
     assert np.abs(correlations(sp.csr_matrix(a) if sparse else a, score, ["s"]).r - want).max() < 1e-12
 
 
-def test_an_empty_first_chunk_leaves_no_shift_behind():
+@pytest.mark.parametrize("sparse", [False, True])
+def test_an_empty_first_chunk_leaves_no_shift_behind(sparse):
     rng = np.random.default_rng(2)
     a = rng.normal(size=(20, 2)) + 3.0
     y = (rng.random((20, 1)) < 0.5).astype(float); y[0], y[1] = 1, 0
-    st = CorrelationStats(2, 1).update(a[:0], y[:0]).update(a, y)
+    conv = sp.csr_matrix if sparse else np.asarray
+    with np.errstate(all="raise"):                                     # no mean of zero rows is taken
+        st = CorrelationStats(2, 1).update(conv(a[:0]), y[:0]).update(conv(a), y)
+    assert st.shift.shape == (2,)
     assert np.allclose(st.shift, 0.0) and np.allclose(st.r(), pearson_masked(a, y, np.ones_like(y)), atol=1e-10)
 
 
