@@ -149,6 +149,13 @@ def test_pixels_decoded_once_are_reused_exactly_and_dropped_when_a_file_changes(
     assert np.array_equal(cached, plain)
     assert sorted(decoded) == sorted([Path(train[3]).name] + [Path(p).name for s in ("valid", "test")
                                       for p in read_chexpert_csv(root / f"{s}.csv")["Path"]])
+    from medsae.data import MedCLIPTransform
+    enc._transform = MedCLIPTransform(64, pad=False)                  # the published stretch: padded pixels are not its input
+    stretched = extract(enc, root, tmp_path / "stretch", batch_size=4, progress=False).embeddings()
+    decoded.clear()
+    assert np.array_equal(extract(enc, root, tmp_path / "stretch-c", batch_size=4, progress=False,
+                                  pixels=cache).embeddings(), stretched) and len(decoded) == 20
+    enc._transform = MedCLIPTransform(64)
     Image.open(root / train[0]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(root / train[0])   # a file changes
     decoded.clear()
     again = extract(enc, root, tmp_path / "again", batch_size=4, progress=False, pixels=cache).embeddings()
