@@ -93,6 +93,17 @@ for arch in ("relu", "batchtopk"):
         with torch.no_grad(): l0 = float((code_dense(out["f"]) > 0).float().sum(-1).mean())
         row(f"SAE {arch} {kernel}", f"d {d_}, m {m_}, batch {B}, L0 {l0:.0f}", r, "samples/s", f"{r / bound:.2f} x bound")
 
+# sweep members stacked: the encoder products of 4 members as one GEMM vs 4 (what stacking a sweep would save)
+Ws = [torch.randn(d_, m_, device=dev) for _ in range(4)]; Wst = torch.cat(Ws, 1)
+def rate(f):
+    for _ in range(3): f()
+    sync(); t = time.perf_counter()
+    for _ in range(S): f()
+    sync(); return S * B / (time.perf_counter() - t)
+sep, st = rate(lambda: [torch.mm(x, w) for w in Ws]), rate(lambda: torch.mm(x, Wst))
+row("sweep encoder products, 4 separate GEMMs", f"d {d_}, m {m_} x 4, batch {B}", sep, "samples/s")
+row("sweep encoder products, one stacked GEMM", f"d {d_}, m {4 * m_}, batch {B}", st, "samples/s", f"{st / sep:.2f} x separate")
+
 # (3) the naming path on a tiny Gemma 3
 from PIL import Image
 

@@ -90,4 +90,5 @@ def test_gpu_check_runs_quick_on_cpu():
                        capture_output=True, text=True, env=dict(os.environ, PYTHON=sys.executable), timeout=480)
     assert r.returncode == 0, r.stderr[-2000:]
     table = [l for l in r.stdout.splitlines() if l.startswith("| ") and not l.startswith("| what")]
-    assert len(table) == 8 and "SAE relu sparse" in r.stdout and "4/4 answered" in r.stdout, r.stdout
+    assert len(table) == 10 and "SAE relu sparse" in r.stdout and "4/4 answered" in r.stdout, r.stdout
+    assert "one stacked GEMM" in r.stdout and "x separate" in r.stdout, r.stdout
