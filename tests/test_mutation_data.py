@@ -97,6 +97,39 @@ def test_reader_missing_and_unreadable_files(tmp_path):
     with pytest.raises(DataError, match=r"bin\.csv: cannot be read as CSV \("): read_chexpert_csv(p)
 
 
+
+def _error(path) -> str:
+    with pytest.raises(DataError) as e: read_chexpert_csv(path)
+    return str(e.value)
+
+
+def test_reader_names_every_malformed_file_in_one_exact_line(tmp_path):
+    "A folder, an empty file, a header alone, a row with too many fields: each message written out here."
+    cols = META + list(CHEXPERT_LABELS)
+    assert _error(tmp_path) == f"{tmp_path}: not a file"
+    (empty := tmp_path / "empty.csv").write_text("")
+    assert _error(empty) == f"{empty}: the file is empty (no header, no rows)"
+    header = _write(tmp_path / "header.csv", [], cols)
+    assert _error(header) == f"{header}: a header and no rows"
+    wide = _write(tmp_path / "wide.csv", [_row(1), _row(2)], cols)
+    wide.write_text(wide.read_text() + ",".join(["x"] * (len(cols) + 1)) + "\n")
+    msg = f"Error tokenizing data. C error: Expected {len(cols)} fields in line 4, saw {len(cols) + 1}"
+    assert _error(wide) == f"{wide}: cannot be read as CSV ({msg})"        # pandas' message, on one line
+
+
+def test_reader_empty_and_duplicate_paths_name_their_lines(tmp_path):
+    "Lines count from the header (line 1); the first offending row is named, with the count or the first twin."
+    cols = META + list(CHEXPERT_LABELS)
+    rows = [_row(i) for i in range(1, 7)]
+    rows[2]["Path"] = ""; rows[4]["Path"] = "   "                         # data rows 2 and 4 (lines 4 and 6)
+    p = _write(tmp_path / "blank.csv", rows, cols)
+    assert _error(p) == f"{p}: line 4, column 'Path': empty (2 such row(s))"
+    rows = [_row(i) for i in range(1, 7)]
+    rows[3]["Path"] = rows[1]["Path"]; rows[5]["Path"] = rows[0]["Path"]   # twins of lines 3 and 2, at lines 5 and 7
+    p = _write(tmp_path / "dup.csv", rows, cols)
+    assert _error(p) == f"{p}: line 5, column 'Path': {rows[1]['Path']!r} is also on line 3"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # label_value_counts, LabelPolicy, label_matrix
 # ---------------------------------------------------------------------------------------------------------------

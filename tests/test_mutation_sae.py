@@ -437,3 +437,24 @@ def test_sweep_grid_selection_and_pareto_front_by_hand():
     assert list(pareto_front(t2)) == ["x", "y"]                          # equal rows do not dominate each other
     t3 = pd.DataFrame({"l0": [10.0, 20.0], "fve": [0.5, 0.5]}, index=["x", "y"])
     assert list(pareto_front(t3)) == ["x"]                               # as good, sparser: dominates
+
+
+def test_batch_activation_stays_on_the_input_device():
+    "BatchTopK's code is made on the device of its pre-activations (a meta tensor here: no data, devices checked)."
+    s = BatchTopKSAE(4, 8, k=2).eval()
+    out = s.batch_activation(torch.randn(2, 8, device="meta"))
+    assert out.device.type == "meta" and out.shape == (2, 8)
+
+
+def test_topk_codes_of_leading_dimensions_are_per_row():
+    "TopK acts on the last (latent) dimension: a (2, 3, d) input gives the codes of its six rows, by hand."
+    torch.manual_seed(0)
+    s = TopKSAE(4, 8, k=2)
+    x = torch.randn(2, 3, 4)
+    f = s.encode(x)
+    pre = s.pre_acts(x.reshape(6, 4)).relu()
+    want = torch.zeros(6, 8)
+    for r in range(6):
+        top = pre[r].argsort(descending=True)[:2]
+        want[r, top] = pre[r, top]
+    assert f.shape == (2, 3, 8) and torch.allclose(f.reshape(6, 8), want)
