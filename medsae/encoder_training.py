@@ -26,8 +26,8 @@ from .encoders import (FINDING_PROMPTS, PHANTOM_TEXT_BACKBONE, EncoderError, Med
 from .provenance import atomic_path, atomic_write_json, environment_info, sha256_file
 
 # %% auto #0
-__all__ = ['soft_xent', 'semantic_matching_loss', 'train_medclip', 'load_pairs', 'normalise_uint8', 'zero_shot_scores',
-           'zero_shot_auroc', 'probe_auroc', 'technical_truth', 'train_phantom_encoder']
+__all__ = ['soft_xent', 'semantic_matching_loss', 'sampling_weights', 'train_medclip', 'load_pairs', 'normalise_uint8',
+           'zero_shot_scores', 'zero_shot_auroc', 'probe_auroc', 'technical_truth', 'train_phantom_encoder']
 
 # %% ../nbs/21_encoder_training.ipynb #9132ce9b
 def soft_xent(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -46,13 +46,26 @@ def semantic_matching_loss(logits: torch.Tensor, img_labels: torch.Tensor, text_
     return (soft_xent(logits, F.softmax(sim, 1)) + soft_xent(logits.t(), F.softmax(sim.t(), 1))) / 2
 
 # %% ../nbs/21_encoder_training.ipynb #454dd488
+def sampling_weights(labels, power: float) -> np.ndarray:
+    "Per-image probabilities (sum 1) that lift rare labels: (1 / frequency)^power of each image's rarest positive label."
+    lab = np.asarray(labels) > 0
+    n = len(lab)
+    if n == 0: raise ValueError("no images to weigh")
+    inv = (1 / np.maximum(lab.mean(0), 1 / n)) ** power
+    w = np.where(lab, inv[None, :], 0.0).max(1)
+    none = ~lab.any(1)
+    if none.any(): w[none] = (1 / none.mean()) ** power
+    return w / w.sum()
+
+# %% ../nbs/21_encoder_training.ipynb #1bbf26d4
 def train_medclip(model: MedCLIPModel, images: torch.Tensor, labels: torch.Tensor, text_input: Callable,
                   cfg: EncoderTrainingConfig, seed: int = 0, image_transform: Callable | None = None,
-                  progress: bool = True) -> list[dict]:
+                  progress: bool = True, weights: np.ndarray | None = None) -> list[dict]:
     """Train `model` on image-text pairs with the semantic-matching loss.
 
     `images`: (N, 1, H, W) uint8 or float; `labels`: (N, L) float; `text_input(idx)` returns what
-    `model.encode_text` takes for the rows `idx` (precomputed embeddings, or token ids and masks)."""
+    `model.encode_text` takes for the rows `idx` (precomputed embeddings, or token ids and masks). `weights`: each
+    pair's probability of being drawn (`sampling_weights`); None: every pair once per epoch, shuffled."""
     from tqdm.auto import tqdm
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
@@ -68,7 +81,8 @@ def train_medclip(model: MedCLIPModel, images: torch.Tensor, labels: torch.Tenso
     log, t0, step = [], time.time(), 0
     bar = tqdm(total=total, desc="train encoder", unit="step", disable=not progress)
     for epoch in range(cfg.epochs):
-        order = torch.randperm(n, generator=g)
+        order = (torch.randperm(n, generator=g) if weights is None else
+                 torch.multinomial(torch.as_tensor(weights, dtype=torch.float64), n, replacement=True, generator=g))
         tot, cnt = 0.0, 0
         for b in range(steps_per_epoch):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
@@ -180,6 +194,7 @@ def train_phantom_encoder(root: str | Path, out_dir: str | Path, cfg: EncoderTra
     from medsae.data import PixelCache
     pixels = PixelCache(out.path / "pixels")        # decoded once: the extraction reads these pixels again
     imgs, y, texts, _ = load_pairs(root, "train", cfg.image_size, policy, progress, pixels)
+    y_labels = y.numpy()                            # the 14 observations: what `balance_power` balances
     if cfg.report_tags:                             # what each report states about the film's technique, as targets too
         from medsae.reports import technical_tags
         y = torch.cat([y, torch.from_numpy(technical_tags(texts))], 1)
@@ -190,7 +205,8 @@ def train_phantom_encoder(root: str | Path, out_dir: str | Path, cfg: EncoderTra
     cache: dict = {}
     emb = report_embeddings(texts, tower, cache)
     t_text = time.time() - t0 - t_load
-    log = train_medclip(model, imgs, y, lambda idx: (emb[idx],), cfg, seed, normalise_uint8, progress)
+    weights = sampling_weights(y_labels, cfg.balance_power) if cfg.balance_power else None
+    log = train_medclip(model, imgs, y, lambda idx: (emb[idx],), cfg, seed, normalise_uint8, progress, weights)
     t_train = time.time() - t0 - t_load - t_text
     gt_all = pd.read_csv(root.ground_truth).set_index("Path")
     def embed_split(split):

@@ -136,6 +136,37 @@ def test_the_training_loop_fine_tunes_a_bert_medclip(tmp_path):
     assert model.text_model.projection_head.weight.grad is not None       # the text tower was trained too
 
 
+def test_the_training_loop_draws_pairs_by_their_weights():
+    "weights=None: every pair once per epoch; sampling weights: pairs of weight 0 never drawn, a rare label lifted."
+    from transformers import BertConfig
+    from medsae.config import EncoderTrainingConfig
+    from medsae.encoder_training import sampling_weights, train_medclip
+    words = ["effusion", "edema", "normal"]
+    tok, nv = tiny_tokenizer(words)
+    n = 96
+    labels = torch.zeros(n, 3); labels[:80, 2] = 1; labels[80:94, 1] = 1; labels[94:, 0] = 1    # 80 / 14 / 2 images
+    tokens = tok([words[int(i)] for i in labels.argmax(1)], padding=True, return_tensors="pt")
+    cfg = EncoderTrainingConfig(epochs=3, batch_size=16, lr=1e-3)
+    def drawn(weights):
+        torch.manual_seed(0)
+        model = MedCLIPModel(MedCLIPVisionResNet("small", widths=(4, 8, 8, 8)),
+                             MedCLIPTextBert(BertConfig(vocab_size=nv, hidden_size=16, num_hidden_layers=2,
+                                                        num_attention_heads=2, intermediate_size=16)))
+        seen = []
+        def text_input(idx):
+            seen.append(idx.clone()); return tokens["input_ids"][idx], tokens["attention_mask"][idx]
+        train_medclip(model, torch.randn(n, 1, 32, 32), labels, text_input, cfg, progress=False, weights=weights)
+        return torch.cat(seen)
+    plain = drawn(None)
+    assert len(plain) == 3 * n and all(torch.equal(plain[e * n:(e + 1) * n].sort().values, torch.arange(n)) for e in range(3))
+    w = sampling_weights(labels.numpy(), 1.0)
+    w[:40] = 0; w /= w.sum()                                     # half of the common label's images can never be drawn
+    lifted = drawn(w)
+    assert len(lifted) == 3 * n and (lifted >= 40).all()
+    rare = (lifted >= 94).float().mean()                         # 2 of 96 images; about a third of the draws here
+    assert rare > 0.2 and torch.equal(lifted, drawn(w))         # seeded: the same draws again
+
+
 def test_hub_tokenizer_from_the_local_cache_when_offline(tmp_path):
     "Offline, a hub id that is in the Hugging Face cache loads from it (configs/paper.yaml names one); else one line."
     import subprocess
