@@ -445,17 +445,24 @@ class Pipeline:
         return self.done[name]
 
     def publish(self, name: str) -> list[Path]:
-        "Copy a stage's tables (.csv, .md) and figures (.png, .svg) into the figures folder as `<stage>_<file>`."
-        out = []
+        """Copy a stage's tables (.csv, .md) and figures (.png, .svg) into the figures folder as `<stage>_<file>`.
+        A subfolder a stage publishes into by name (the report's `reference/`) is the stage's own: the files of its
+        earlier runs that this run does not publish are removed, so that it holds what the page shows."""
+        out, owned = [], {}
         Path(self.figures).mkdir(parents=True, exist_ok=True)
         base = self.layout.stage(name)
         for f in STAGE[name].publish(self.layout):
             f, dest = (f if isinstance(f, tuple) else (f, None))
+            if dest and Path(dest).parent != Path("."):
+                owned.setdefault(Path(self.figures) / Path(dest).parent, set()).add(Path(dest).name)
             for q in (Path(f), sibling(f, {".csv": ".md", ".png": ".svg"}.get(Path(f).suffix, Path(f).suffix))):
                 if q.exists() and q not in out:
                     d = self.figures / dest if dest and q == Path(f) else self.figures.of(name, q, base)
                     d.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(q, d); out.append(q)
+        for folder, keep in owned.items():
+            for old in folder.iterdir():
+                if old.is_file() and old.name not in keep: old.unlink()
         return out
 
     def until(self, name: str | None = None) -> dict[str, Path]:
