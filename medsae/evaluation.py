@@ -283,7 +283,8 @@ def probe_ceiling(train_x, train_y: np.ndarray, test_x, test_y: np.ndarray, C: f
                   n_jobs: int | None = None) -> np.ndarray:
     """Test AUROC per concept of a logistic-regression probe on all units, trained on other images: what the
     embedding encodes linearly, the ceiling that a single unit can approach (NaN where a split lacks a class).
-    The concepts' probes are independent: they are fitted in `n_jobs` processes (default: one per core)."""
+    The concepts' probes are independent: they are fitted in `n_jobs` processes (default: one per core; the arrays
+    are sent to them, not memory-mapped, so no shared-memory folder outlives the call)."""
     import os
     from joblib import Parallel, delayed
     from sklearn.preprocessing import StandardScaler
@@ -294,7 +295,7 @@ def probe_ceiling(train_x, train_y: np.ndarray, test_x, test_y: np.ndarray, C: f
     todo = [c for c in range(train_y.shape[1])
             if 0 < train_y[:, c].sum() < len(train_y) and 0 < test_y[:, c].sum() < len(test_y)]
     n_jobs = max(1, min(len(todo), n_jobs or os.cpu_count() or 1))
-    res = Parallel(n_jobs=n_jobs)(delayed(_probe_one)(xtr, train_y[:, c], xte, test_y[:, c], C) for c in todo)
+    res = Parallel(n_jobs=n_jobs, max_nbytes=None)(delayed(_probe_one)(xtr, train_y[:, c], xte, test_y[:, c], C) for c in todo)
     out[todo] = res
     return out
 
