@@ -17,11 +17,12 @@ from scipy import ndimage as ndi
 from .config import CHEXPERT_LABELS
 
 # %% auto #0
-__all__ = ['MU_WATER', 'CANVAS_MM', 'LOBES', 'SIDE_LOBES', 'RIBS', 'STRUCT', 'ROT_LEVELS', 'HEART_LEVELS', 'DMU', 'DEVICES',
-           'FINDINGS', 'ANNOTATIONS', 'AP_MAGNIFICATION', 'Anatomy', 'f_cardiomegaly', 'f_enlarged_cardiomediastinum',
-           'f_lung_opacity', 'f_lung_lesion', 'f_edema', 'f_consolidation', 'f_pneumonia', 'f_atelectasis',
-           'f_pneumothorax', 'f_pleural_effusion', 'f_pleural_other', 'f_fracture', 'f_support_devices',
-           'sample_nuisance', 'render']
+__all__ = ['MU_WATER', 'CANVAS_MM', 'LOBES', 'SIDE_LOBES', 'RIBS', 'STRUCT', 'ROT_LEVELS', 'HEART_LEVELS', 'DMU',
+           'RENDERER_VERSION', 'LESION_RADIUS_MM', 'LESION_DENSITY', 'FRACTURE_GAP_MM', 'FRACTURE_SHIFT_MM', 'DEVICES',
+           'FINDINGS', 'ANNOTATIONS', 'AP_MAGNIFICATION', 'MARKER_HEIGHT', 'Anatomy', 'f_cardiomegaly',
+           'f_enlarged_cardiomediastinum', 'f_lung_opacity', 'f_lung_lesion', 'f_edema', 'f_consolidation',
+           'f_pneumonia', 'f_atelectasis', 'f_pneumothorax', 'f_pleural_effusion', 'f_pleural_other', 'f_fracture',
+           'f_support_devices', 'sample_nuisance', 'render']
 
 # %% ../nbs/11_phantom.ipynb #042830e9
 MU_WATER = 0.020          # 1/mm, about 60-70 keV
@@ -176,6 +177,11 @@ class Anatomy:
 
 # %% ../nbs/11_phantom.ipynb #26a583b8
 DMU = MU_WATER - 0.003      # soft tissue or fluid replacing aerated lung, 1/mm
+RENDERER_VERSION = 2        # raised whenever a change here changes the images: a set made by another version is remade
+# Small findings, sized so that moderate severity stays visible at the default encoder's 128 pixels (issue 14: at
+# 4 + 28 s mm and soft-tissue density, a nodule of severity 0.3 changed fewer than 80 pixels there; no encoder saw it)
+LESION_RADIUS_MM = (8.0, 22.0)   # radius = a + b * severity: 16-60 mm across
+LESION_DENSITY = 1.6             # attenuation relative to soft tissue (a solid nodule; calcified ones twice that)
 
 def _smooth_field(rng, n, sigma_px, lo=0.0, hi=1.0) -> np.ndarray:
     "A smooth random field rescaled to [lo, hi]."
@@ -246,14 +252,15 @@ def f_lung_opacity(an: Anatomy, rng, s: float, side=None):
     return dl, dict(side=side, zone=zone)
 
 def f_lung_lesion(an: Anatomy, rng, s: float, side=None):
-    "A nodule (small) or mass (large): a lobulated soft-tissue sphere inside a lung."
+    "A nodule (small) or mass (large): a lobulated soft-tissue sphere inside a lung, denser when calcified."
     n = an.n
     side = _pick_side(rng, side)
-    radius_mm = 4 + 28 * s
+    radius_mm = LESION_RADIUS_MM[0] + LESION_RADIUS_MM[1] * s
     rpx = radius_mm / an.px_mm
     t = an.side_t(side)
     dist = an.marks[f"dist_{side}"]
-    free = (an.heart_t[0] < 3) & (t > min(1.2 * radius_mm, 0.5 * t.max()))   # in the lung field, off the heart
+    free = (an.heart_t[0] < 3) & (t > min(1.2 * radius_mm, 0.5 * t.max()))   # in the lung field, off the heart,
+    free &= t > 0.4 * an.body_t                                               # not behind the diaphragm's dome
     ok = np.argwhere(free & (dist > rpx + 3))
     if len(ok) == 0: ok = np.argwhere(free & (dist >= 0.7 * dist[free].max()))
     cr, cc = ok[int(rng.integers(len(ok)))]
@@ -264,8 +271,11 @@ def f_lung_lesion(an: Anatomy, rng, s: float, side=None):
     rho2 = (r - cr) ** 2 + (c - cc) ** 2
     chord = 2 * np.sqrt(np.clip(rad ** 2 - rho2, 0, None)) * an.px_mm
     chord = ndi.gaussian_filter(chord, 0.6)
-    return DMU * np.minimum(chord, t), dict(side=side, kind="mass" if radius_mm >= 15 else "nodule",
-                                            diameter_mm=round(2 * radius_mm, 1), row=int(cr), col=int(cc))
+    calcified = bool(rng.random() < 0.3)
+    density = LESION_DENSITY * (2.0 if calcified else 1.0)
+    return DMU * density * np.minimum(chord, t), dict(side=side, kind="mass" if radius_mm >= 15 else "nodule",
+                                            diameter_mm=round(2 * radius_mm, 1), row=int(cr), col=int(cc),
+                                            calcified=calcified)
 
 # %% ../nbs/11_phantom.ipynb #372cbd3c
 def f_edema(an: Anatomy, rng, s: float):
@@ -328,7 +338,7 @@ def f_consolidation(an: Anatomy, rng, s: float, lobe=None, patchy: bool = False)
     lobe = lobe or _pick_lobe(rng)
     t = an.lobe_t[lobe]
     field_ = _smooth_field(rng, n, (0.03 if patchy else 0.06) * n)
-    thr = (0.75 - 0.45 * s) if patchy else (0.6 - 0.6 * s)
+    thr = (0.68 - 0.45 * s) if patchy else (0.6 - 0.6 * s)   # patchy: some filling even when mild
     fill = _sig((field_ - thr) / 0.05)
     if patchy: fill *= 0.85
     dl = DMU * 0.95 * t * fill
@@ -399,33 +409,47 @@ def f_pleural_effusion(an: Anatomy, rng, s: float, side=None):
     return dl, dict(side=side, level_fraction=round(0.06 + 0.5 * s, 3))
 
 def f_pleural_other(an: Anatomy, rng, s: float, side=None):
-    "Pleural thickening or plaques along the lateral chest wall (some calcified)."
+    """Pleural plaques: thickening along the lateral chest wall seen in profile, and, when calcified, irregular dense
+    plaques seen en face over the lower lung (the "holly leaf" of asbestos exposure)."""
     n, m = an.n, an.marks
     side = _pick_side(rng, side)
+    calcified = bool(rng.random() < 0.5)               # drawn first: the same draws, calcified at every severity
     d = m[f"dist_{side}"] * an.px_mm
-    r, _ = _grid(n)
+    r, c = _grid(n)
     top, base = m[f"apex_{side}"], m[f"base_{side}"]
-    k = int(1 + 3 * s + rng.integers(0, 2))
+    k = int(2 + 3 * s + rng.integers(0, 2))
     prof = np.zeros(n, np.float32)
     for _ in range(k):
         rc = rng.uniform(top + 0.25 * (base - top), base - 0.05 * (base - top))
-        prof += np.exp(-((np.arange(n) - rc) / (rng.uniform(12, 30) / an.px_mm)) ** 2)
-    thick = (3 + 12 * s) * prof.clip(0, 1)[:, None]
+        prof += np.exp(-((np.arange(n) - rc) / (rng.uniform(15, 35) / an.px_mm)) ** 2)
+    thick = (5 + 15 * s) * prof.clip(0, 1)[:, None]
     band = _sig((thick - d) / 0.7) * m[f"lung_{side}"] * (thick > 0.5)
-    calcified = bool(rng.random() < 0.35)
-    dl = DMU * (45 if not calcified else 90) * band
-    return dl, dict(side=side, plaques=k, max_thickness_mm=round(3 + 12 * s, 1), calcified=calcified)
+    dl = DMU * (60 if not calcified else 120) * band
+    en_face = 0
+    if calcified:
+        t = an.side_t(side)
+        lower = np.argwhere((t > 0.3 * t.max()) & (r > top + 0.45 * (base - top)) & (an.heart_t[0] < 3))
+        for _ in range(int(1 + 2 * s + rng.integers(0, 2)) if len(lower) else 0):
+            pr, pc = lower[int(rng.integers(len(lower)))]
+            a_, b_ = (6 + 10 * s) / an.px_mm * rng.uniform(0.8, 1.2), (4 + 6 * s) / an.px_mm * rng.uniform(0.8, 1.2)
+            ang = rng.uniform(0, np.pi)
+            u = ((r - pr) * np.cos(ang) + (c - pc) * np.sin(ang)) / a_
+            v = (-(r - pr) * np.sin(ang) + (c - pc) * np.cos(ang)) / b_
+            edge = 1 + 0.25 * (_smooth_field(rng, n, 2.0) - 0.5)          # an irregular, geographic outline
+            plaque = _sig((edge - np.sqrt(u ** 2 + v ** 2)) * 6)
+            rim = plaque * (1 - _sig((0.75 * edge - np.sqrt(u ** 2 + v ** 2)) * 6))
+            dl += DMU * (6 + 8 * s) * (plaque + 1.5 * rim) * (t > 2)
+            en_face += 1
+    return dl, dict(side=side, plaques=k, max_thickness_mm=round(5 + 15 * s, 1), calcified=calcified,
+                    en_face_plaques=en_face)
 
 # %% ../nbs/11_phantom.ipynb #b33428b2
-def f_fracture(an: Anatomy, rng, s: float, side=None, rib=None):
-    "A rib fracture: a gap across the rib at its lateral arc, the distal part displaced."
+def _fracture_rib(an: Anatomy, rng, s: float, side: str, rib: str, callus: bool):
+    "One rib broken at its lateral arc: a gap, the distal part displaced, and a healing callus if `callus`."
     n = an.n
-    side = _pick_side(rng, side)
-    rib = rib or f"{side}_{int(rng.integers(3, 10))}"
     r0, c0, p = an.rib_p[rib]
     h, w = p.shape
     rr, cc = np.nonzero(p > 0.25 * p.max())
-    # the lateral arc of the rib
     lo, hi = (15, 40) if side == "right" else (60, 85)        # over the lung, where the rib stands out
     lat = (cc >= np.percentile(cc, lo)) & (cc <= np.percentile(cc, hi))
     i = int(rng.choice(np.nonzero(lat)[0]))
@@ -435,18 +459,39 @@ def f_fracture(an: Anatomy, rng, s: float, side=None, rib=None):
     u = np.linalg.svd(v @ v.T)[0][:, 0] if near.sum() > 2 else np.array([0.0, 1.0])   # along the rib
     R, C = np.mgrid[0:h, 0:w].astype(np.float32)
     along = (R - pr) * u[0] + (C - pc) * u[1]
-    gap_px = (1.5 + 4.0 * s) / an.px_mm
+    across = -(R - pr) * u[1] + (C - pc) * u[0]
+    gap_px = (FRACTURE_GAP_MM[0] + FRACTURE_GAP_MM[1] * s) / an.px_mm
     gap = np.exp(-(along / max(gap_px, 0.5)) ** 2)
     distal = _sig(along / 0.7) if (u[1] > 0) == (side == "right") else _sig(-along / 0.7)
-    shift = (2.0 + 6.0 * s) / an.px_mm
+    shift = (FRACTURE_SHIFT_MM[0] + FRACTURE_SHIFT_MM[1] * s) / an.px_mm
     nrm = np.array([-u[1], u[0]])
     moved = ndi.shift(p * distal, (nrm[0] * shift, nrm[1] * shift), order=1)
     local = -p * gap - p * distal + moved * (1 - gap)
+    if callus:   # bone laid down around the break: a dense fusiform collar, longer along the rib than across it
+        L_, W_ = (10 + 8 * s) / an.px_mm, (6 + 4 * s) / an.px_mm
+        local += 3.0 * float(p.max()) * np.exp(-(along / L_) ** 2 - (across / W_) ** 2)
     dl = np.zeros((n, n), np.float32)
     r1, c1 = min(n, r0 + h), min(n, c0 + w)
     dl[r0:r1, c0:c1] = local[: r1 - r0, : c1 - c0]
-    return dl, dict(side=side, rib=rib, row=int(r0 + pr), col=int(c0 + pc), gap_mm=round(1.5 + 4 * s, 2),
-                    displacement_mm=round(2 + 6 * s, 2))
+    return dl, int(r0 + pr), int(c0 + pc)
+
+FRACTURE_GAP_MM = (3.0, 5.0)      # gap across the rib, a + b * severity (was 1.5 + 4 s: under a pixel at 128)
+FRACTURE_SHIFT_MM = (4.0, 8.0)    # displacement of the distal part
+
+def f_fracture(an: Anatomy, rng, s: float, side=None, rib=None):
+    """Rib fractures at the lateral arc: a gap across each rib, the distal part displaced; often healing (a callus),
+    and, the more severe, the more adjacent ribs broken in a row."""
+    side = _pick_side(rng, side)
+    first = int(rib.split("_")[1]) if rib else int(rng.integers(3, 9))
+    count = 1 + int(rng.random() < 0.5 + 0.4 * s) + int(rng.random() < 0.2 + 0.5 * s)
+    ribs = [f"{side}_{j}" for j in range(first, min(first + count, 11)) if f"{side}_{j}" in an.rib_p] or [f"{side}_{first}"]
+    callus = bool(rng.random() < 0.75)
+    dl, rows, cols = np.zeros((an.n, an.n), np.float32), [], []
+    for rb in ribs:
+        d_, pr, pc = _fracture_rib(an, rng, s, side, rb, callus)
+        dl += d_; rows.append(pr); cols.append(pc)
+    return dl, dict(side=side, rib=ribs[0], ribs=len(ribs), row=rows[0], col=cols[0], gap_mm=round(FRACTURE_GAP_MM[0] + FRACTURE_GAP_MM[1] * s, 2),
+                    displacement_mm=round(FRACTURE_SHIFT_MM[0] + FRACTURE_SHIFT_MM[1] * s, 2), callus=callus)
 
 # %% ../nbs/11_phantom.ipynb #2d3b0106
 DEVICES = ("ett", "central_line", "pacemaker", "ecg")
@@ -466,8 +511,8 @@ def f_support_devices(an: Anatomy, rng, s: float, devices=None):
             tip = cr - rng.uniform(25, 60) * mm
             rows = [r for r in sorted(tcols) if r <= tip]
             pts = [(0.0, tcols[rows[0]])] + [(float(r), tcols[r]) for r in rows[::3]] + [(tip, tcols[rows[-1]])]
-            wall = sum(_line_mask(n, [(p[0], p[1] + o * 4 * mm) for p in pts], 1.2 * mm) for o in (-1, 1))
-            stripe = _line_mask(n, [(p[0], p[1] - 2 * mm) for p in pts], 1.0 * mm)
+            wall = sum(_line_mask(n, [(p[0], p[1] + o * 4 * mm) for p in pts], 2.0 * mm) for o in (-1, 1))
+            stripe = _line_mask(n, [(p[0], p[1] - 2 * mm) for p in pts], 2.0 * mm)
             dl += 0.35 * wall + 0.8 * stripe
         elif dev == "central_line":
             right = rng.random() < 0.65
@@ -475,7 +520,7 @@ def f_support_devices(an: Anatomy, rng, s: float, devices=None):
             start = (m["apex_right"] + 0.02 * n, m["midline"] + sgn * rng.uniform(0.28, 0.4) * n)
             svc = (m["heart_top"] + rng.uniform(-2, 6) * mm * 3, m["midline"] - 0.03 * n)
             pts = _bezier(start, (start[0] + 0.05 * n, m["midline"] + sgn * 0.05 * n), svc)
-            dl += 0.9 * _line_mask(n, [tuple(p) for p in pts], 1.4 * mm)
+            dl += 0.9 * _line_mask(n, [tuple(p) for p in pts], 2.5 * mm)
         elif dev == "pacemaker":
             gr, gc = m["apex_left"] + rng.uniform(0.02, 0.08) * n, m["midline"] + rng.uniform(0.22, 0.3) * n
             r, c = _grid(n)
@@ -484,7 +529,7 @@ def f_support_devices(an: Anatomy, rng, s: float, devices=None):
             dl += 2.5 * box
             for tgt in [(hr - 0.05 * n, hc - 0.06 * n), (hr + 0.06 * n, hc + 0.04 * n)][: 1 + int(rng.random() < 0.7)]:
                 pts = _bezier((gr, gc), (gr - 0.02 * n, m["midline"]), tgt)
-                dl += 1.2 * _line_mask(n, [tuple(p) for p in pts], 1.2 * mm)
+                dl += 1.2 * _line_mask(n, [tuple(p) for p in pts], 2.0 * mm)
         elif dev == "ecg":
             r, c = _grid(n)
             for _ in range(int(rng.integers(3, 6))):
@@ -494,7 +539,7 @@ def f_support_devices(an: Anatomy, rng, s: float, devices=None):
                 dl += 0.5 * _sig((5 * mm - np.sqrt(d2)) * 2) + 1.5 * np.exp(-d2 / (2 * (1.5 * mm) ** 2))
                 end = (er + rng.uniform(-0.3, 0.3) * n, 0 if ec < n / 2 else n - 1)
                 pts = _bezier((er, ec), ((er + end[0]) / 2 + rng.uniform(-0.1, 0.1) * n, (ec + end[1]) / 2), end)
-                dl += 0.4 * _line_mask(n, [tuple(p) for p in pts], 0.8 * mm)
+                dl += 0.4 * _line_mask(n, [tuple(p) for p in pts], 1.5 * mm)
     return dl, dict(devices=sorted(str(d) for d in devices))
 
 # %% ../nbs/11_phantom.ipynb #468eb236
@@ -542,14 +587,15 @@ def sample_nuisance(rng, view: str = "PA") -> dict:
 # %% ../nbs/11_phantom.ipynb #b36ff1a1
 _FILM_LEVEL, _FILM_SLOPE = 3.1, 1.25
 AP_MAGNIFICATION = 1.12
+MARKER_HEIGHT = 0.09       # of the image: a bold letter that a 128-pixel encoder can still read (was 0.07, thin)
 
-def _stamp(text: str, height_px: int) -> np.ndarray:
-    "White text on black as a float mask (PIL's built-in font, so it renders identically everywhere)."
+def _stamp(text: str, height_px: int, stroke: int = 0) -> np.ndarray:
+    "White text on black as a float mask (PIL's built-in font, so it renders identically everywhere); `stroke` bolds it."
     from PIL import Image, ImageDraw, ImageFont
     font = ImageFont.load_default(size=max(8, height_px))
-    l, t, r, b = font.getbbox(text)
+    l, t, r, b = font.getbbox(text, stroke_width=stroke)
     im = Image.new("L", (r - l + 2, b - t + 2), 0)
-    ImageDraw.Draw(im).text((1 - l, 1 - t), text, fill=255, font=font)
+    ImageDraw.Draw(im).text((1 - l, 1 - t), text, fill=255, font=font, stroke_width=stroke, stroke_fill=255)
     return np.asarray(im, dtype=np.float32) / 255
 
 def _paste(img, stamp, r, c, value=1.0):
@@ -599,7 +645,7 @@ def render(an: Anatomy, findings: dict[str, float], nuisance: dict, rng, out_siz
         d = np.minimum.reduce([r, c, n - 1 - r, n - 1 - c]) / n
         img = np.maximum(img, _sig((col - d) * n / 1.0) * 0.97)
     if nuisance["marker"] != "none":
-        st = _stamp(nuisance["marker"], int(0.07 * n))
+        st = _stamp(nuisance["marker"], int(MARKER_HEIGHT * n), stroke=max(1, round(0.008 * n)))   # a bold lead letter
         cpos = 0.05 * n if nuisance["marker_corner"] == "top_left" else n - 0.05 * n - st.shape[1]
         _paste(img, st, 0.05 * n + col * n, cpos)
     if nuisance["annotation"] != "none":

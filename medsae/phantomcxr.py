@@ -101,7 +101,9 @@ def _work(args):
 
 # %% ../nbs/13_phantomcxr.ipynb #9cc95cba
 def _plan_key(cfg: PhantomConfig, seed: int, policy: LabelPolicy) -> dict:
-    return dict(phantom=cfg.model_dump(mode="json", exclude={"workers"}), seed=seed, policy=policy.as_dict())
+    from medsae import phantom
+    return dict(phantom=cfg.model_dump(mode="json", exclude={"workers"}), seed=seed, policy=policy.as_dict(),
+                renderer=phantom.RENDERER_VERSION)   # an unfinished set of an older renderer is never completed by this one
 
 def _write_csv(df: pd.DataFrame, path: Path):
     with atomic_path(path) as tmp: df.to_csv(tmp, index=False, float_format="%.6g")
@@ -120,7 +122,7 @@ def generate_phantom(out_dir: str | Path, cfg: PhantomConfig = PhantomConfig(), 
     if out.manifest.exists():
         man = json.loads(out.manifest.read_text())
         if man.get("plan") == _plan_key(cfg, seed, policy): return man
-        raise PhantomError(f"{out_dir} already holds a PhantomCXR set made with another config or seed; "
+        raise PhantomError(f"{out_dir} already holds a PhantomCXR set made with another config, seed or renderer version; "
                            "choose another output folder or remove it")
     t0 = time.time()
     table = table if table is not None else read_chexpert_csv(asset_path("chexpert_train"))
@@ -131,7 +133,7 @@ def generate_phantom(out_dir: str | Path, cfg: PhantomConfig = PhantomConfig(), 
     plan = _plan_key(cfg, seed, policy)
     plan_file = DatasetFolder(work).plan
     if plan_file.exists() and json.loads(plan_file.read_text()) != plan:
-        raise PhantomError(f"{out_dir} holds an unfinished PhantomCXR set made with another config or seed; "
+        raise PhantomError(f"{out_dir} holds an unfinished PhantomCXR set made with another config, seed or renderer version; "
                            "remove it or choose another output folder")
     atomic_write_json(plan_file, plan)
     an = anatomy if anatomy is not None and anatomy.size == cfg.size else Anatomy.build(cfg.size)

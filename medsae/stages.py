@@ -301,6 +301,11 @@ def _extract_external(p) -> dict:
         ext["folder"] = folder_listing_hash(data_root(cfg))
     return ext
 
+def _phantom_external(p) -> dict:
+    "The renderer's version: images of an older renderer are remade (and so is everything downstream)."
+    from medsae import phantom
+    return {"renderer": phantom.RENDERER_VERSION}
+
 def _labels_external(p) -> dict:
     from medsae.provenance import cached_sha256
     return {k: cached_sha256(t) for k, t in _label_tables(p.cfg).items() if k != "phantom" or not _renders_phantom(p.cfg)}
@@ -318,7 +323,7 @@ def _tables(*names):
 STAGES: tuple[Stage, ...] = (
     Stage("phantom", "PhantomCXR: radiographs rendered from a real CT with planted findings", (),
           ("phantom", "data.uncertain", "data.blank"), _phantom,
-          lambda L: [L.phantom.findings, L.phantom.nuisance], _renders_phantom),
+          lambda L: [L.phantom.findings, L.phantom.nuisance], _renders_phantom, external=_phantom_external),
     Stage("labels", "label statistics and the paper's balanced subsets", ("phantom",),
           ("data.labels", "data.uncertain", "data.blank", "data.frontal_only", "data.subset_per_class",
            "data.subset_order"), _labels,
