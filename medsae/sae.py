@@ -382,6 +382,25 @@ class BatchTopKSAE(TopKSAE):
 
     def train_activation(self, pre): return self.batch_activation(pre)
 
+    @torch.no_grad()
+    def calibrate_threshold(self, x: torch.Tensor, max_rows: int = 4096, chunk: int = 1024) -> float:
+        """Set the inference threshold so that, on (up to `max_rows` evenly spaced of) the normalised rows `x`,
+        inference keeps k activations a row on average: midway between the (k n)-th and (k n + 1)-th largest."""
+        n = min(len(x), max_rows)
+        rows = x[torch.linspace(0, len(x) - 1, n).round().long().to(x.device)] if n < len(x) else x
+        want = self.k * n
+        top = None
+        for i in range(0, n, chunk):   # a global top (k n + 1) is within each chunk's own top (k n + 1)
+            flat = F.relu(self.pre_acts(rows[i:i + chunk])).flatten()
+            v = flat.topk(min(want + 1, flat.numel())).values
+            top = v if top is None else torch.cat([top, v]).topk(min(want + 1, len(top) + len(v))).values
+        pos = top[top > 0]
+        if not len(pos): return float(self.threshold)               # nothing fires: keep the running threshold
+        if len(pos) <= want: thr = pos[-1] / 2                      # fewer than k n fire: keep every one of them
+        else: thr = (pos[want - 1] + pos[want]) / 2
+        self.threshold.copy_(thr)                                   # always > 0: -1 still means "not learnt yet"
+        return float(self.threshold)
+
 class MatryoshkaSAE(BatchTopKSAE):
     "Matryoshka BatchTopK: nested prefixes of the dictionary (fractions 1/8, 1/4, 1/2, 1) each reconstruct x."
     arch = "matryoshka"

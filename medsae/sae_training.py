@@ -264,6 +264,7 @@ def train_sae(x_raw: torch.Tensor, cfg: SAEConfig = SAEConfig(), seed: int = 0, 
         if out_dir and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < end:
             save_checkpoint(out_dir / f"ckpt-{step:07d}", sae, opt, state_dict(), since)
     bar.close()
+    if hasattr(sae, "calibrate_threshold"): sae.calibrate_threshold(x)   # BatchTopK: inference keeps k a row (nbs/40)
     sae.eval()
     if out_dir: save_checkpoint(out_dir / f"ckpt-{step:07d}", sae, opt, state_dict(), since)
     return sae, pd.DataFrame(log)
