@@ -101,9 +101,10 @@ def _work(args):
 
 # %% ../nbs/13_phantomcxr.ipynb #9cc95cba
 def _plan_key(cfg: PhantomConfig, seed: int, policy: LabelPolicy) -> dict:
-    from medsae import phantom
+    from medsae import phantom, reports
     return dict(phantom=cfg.model_dump(mode="json", exclude={"workers"}), seed=seed, policy=policy.as_dict(),
-                renderer=phantom.RENDERER_VERSION)   # an unfinished set of an older renderer is never completed by this one
+                renderer=phantom.RENDERER_VERSION,   # an unfinished set of an older renderer is never completed by this one
+                vocabulary=reports.VOCABULARY_VERSION)
 
 def _write_csv(df: pd.DataFrame, path: Path):
     with atomic_path(path) as tmp: df.to_csv(tmp, index=False, float_format="%.6g")

@@ -17,8 +17,8 @@ import numpy as np
 # %% auto #0
 __all__ = ['KEYWORDS', 'DEVICE_KEYWORDS', 'PRE_NEGATION', 'POST_NEGATION', 'NEGATION_ONLY', 'NORMAL_IMPRESSION', 'TECHNICAL',
            'TEMPLATES', 'DEVICE_TEMPLATES', 'LOBE_NAMES', 'IMPORTANT_NEGATIVES', 'CLINICAL', 'TECHNICAL_PHRASES',
-           'read_iu_reports', 'split_sentences', 'is_negated', 'technical_factors', 'technical_tags', 'SentenceBank',
-           'compose_report', 'is_clinical', 'mine_vocabulary']
+           'VOCABULARY_VERSION', 'read_iu_reports', 'split_sentences', 'is_negated', 'technical_factors',
+           'technical_tags', 'SentenceBank', 'compose_report', 'is_whole', 'is_clinical', 'mine_vocabulary']
 
 # %% ../nbs/12_reports.ipynb #93fc82a9
 def read_iu_reports(path: str | Path) -> list[dict]:
@@ -277,6 +277,19 @@ TECHNICAL_PHRASES = {"view AP": "AP portable view", "patient rotation": "patient
                      "low lung volumes": "low lung volumes", "underpenetrated film": "underpenetrated film",
                      "overexposed film": "overexposed film", "marker L": "left side marker", "marker R": "right side marker"}
 
+_NO_START = set("""otherwise grossly mildly normally appear appears demonstrate demonstrates show shows suggest suggests
+evidence negative versus present space volumes contours lungs lung heart size mediastinum""".split())
+_NO_END = set("""pleural pulmonary cardiopulmonary radiographic airspace interstitial granulomatous degenerative low thoracic
+mediastinal cardiomediastinal cardio vascular left right upper lower bilateral mild small large focal acute calcified
+visible central increased normal chronic active minimal multilevel scattered previous old definite versus otherwise
+grossly mildly normally appear appears demonstrate show suggest lungs are""".split())
+VOCABULARY_VERSION = 2     # raised whenever the mining changes the vocabulary: PhantomCXR sets are remade with it
+
+def is_whole(phrase: str) -> bool:
+    "Whether a phrase of two or more words neither ends on a word that needs a noun after it nor starts on a hedge."
+    t = phrase.lower().split()
+    return len(t) < 2 or (t[0] not in _NO_START and t[-1] not in _NO_END)
+
 _WEAK_ONLY = re.compile(r"^(?:(?:silhouette|contours?|lungs?|pulmonary|cardiopulmonary|heart|cardiac|volumes?|"
                         r"lines?|bases|is|are|normal|size|mild|small|within|limits|clear)\b\s*)+$", re.I)
 
@@ -290,8 +303,8 @@ def mine_vocabulary(reports: list[dict], labels: tuple[str, ...], min_count: int
     counts = Counter()
     for r in reports:
         for sec in ("findings", "impression"):
-            for s in split_sentences(r[sec]):
-                toks = re.findall(r"[a-z][a-z\-]+", s.lower())
+            for clause in (c for s in split_sentences(r[sec]) for c in re.split(r"[,;:()]", s.lower())):
+                toks = re.findall(r"[a-z][a-z\-]+", clause)
                 for k in range(1, max_len + 1):
                     for i in range(len(toks) - k + 1):
                         g = toks[i:i + k]
@@ -299,7 +312,7 @@ def mine_vocabulary(reports: list[dict], labels: tuple[str, ...], min_count: int
                         if k == 1 and (len(g[0]) < 5 or g[0] in _GENERIC): continue
                         if "or" in g or "and" in g: continue
                         counts[" ".join(g)] += 1
-    phrases = [(p, c) for p, c in counts.most_common() if c >= min_count and is_clinical(p)][:max_phrases]
+    phrases = [(p, c) for p, c in counts.most_common() if c >= min_count and is_clinical(p) and is_whole(p)][:max_phrases]
     have = {p for p, _ in phrases}
     fixed = [l.lower() for l in labels] + list(TECHNICAL_PHRASES.values())
     return [(l, -1) for l in dict.fromkeys(fixed) if l not in have] + phrases

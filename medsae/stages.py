@@ -302,9 +302,9 @@ def _extract_external(p) -> dict:
     return ext
 
 def _phantom_external(p) -> dict:
-    "The renderer's version: images of an older renderer are remade (and so is everything downstream)."
-    from medsae import phantom
-    return {"renderer": phantom.RENDERER_VERSION}
+    "The renderer's and the vocabulary miner's versions: a set of older ones is remade (and so is everything downstream)."
+    from medsae import phantom, reports
+    return {"renderer": phantom.RENDERER_VERSION, "vocabulary": reports.VOCABULARY_VERSION}
 
 def _labels_external(p) -> dict:
     from medsae.provenance import cached_sha256
