@@ -19,9 +19,9 @@ from .metrics import MetricError, _check_xy, correlations, detection, entropy, m
 # %% auto #0
 __all__ = ['STATISTICS', 'CONTINUOUS_NUISANCE', 'CATEGORICAL_NUISANCE', 'TECHNICAL_PHRASES', 'NO_FINDING_PATTERN',
            'paired_bootstrap', 'permutation_null', 'compare_units', 'Concepts', 'phantom_concepts', 'probe_ceiling',
-           'auroc_matrix', 'concept_recovery', 'hungarian_matching', 'polysemanticity', 'ground_truth_table',
-           'plot_entropy_hist', 'plot_correlation_heatmap', 'plot_concept_recovery', 'fmt_ci', 'paper_table',
-           'evaluation_stage_run']
+           'auroc_matrix', 'concept_recovery', 'parts_recovery', 'hungarian_matching', 'polysemanticity',
+           'ground_truth_table', 'plot_entropy_hist', 'plot_correlation_heatmap', 'plot_concept_recovery', 'fmt_ci',
+           'paper_table', 'evaluation_stage_run']
 
 # %% ../nbs/52_evaluation.ipynb #7add4468
 def _weighted_r(a, a2, y: np.ndarray, msk: np.ndarray, W: np.ndarray) -> np.ndarray:
@@ -240,6 +240,20 @@ class Concepts:
     phrases: dict[str, list[str]]    # phrases a correct name of the concept could use
     dropped: list[str]               # concepts with too few positives or negatives
     patterns: dict[str, str] = field(default_factory=dict)   # regex of the concept's terms and synonyms
+    parts: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)   # concept -> {part: (N,) in {0, 1}}
+
+def _finding_parts(gt: pd.DataFrame, f: str) -> dict[str, np.ndarray]:
+    "The planted parts of a finding: its side (left / right), or for Support Devices each kind of device."
+    import json
+    planted = gt[f"planted.{f}"].to_numpy() > 0
+    if f"{f}.side" in gt.columns:
+        side = gt[f"{f}.side"].fillna("").astype(str).to_numpy()
+        return {s: planted & (side == s) for s in sorted(set(side[planted]) - {""})}
+    if f"{f}.devices" in gt.columns:
+        devs = [json.loads(v) if isinstance(v, str) and v else [] for v in gt[f"{f}.devices"]]
+        kinds = sorted({d for ds in devs for d in ds})
+        return {k: planted & np.array([k in ds for ds in devs]) for k in kinds}
+    return {}
 
 def phantom_concepts(gt: pd.DataFrame, min_pos: int = 10) -> Concepts:
     """Planted findings, technical factors (the rules of `reports.TECHNICAL`, which the reports state) and other
@@ -271,8 +285,13 @@ def phantom_concepts(gt: pd.DataFrame, min_pos: int = 10) -> Concepts:
     pos = y.sum(0)
     keep = (pos >= min_pos) & (len(y) - pos >= min_pos)
     kept = [n for n, k in zip(names, keep) if k]
+    parts = {}
+    for n in kept:
+        if kinds[names.index(n)] != "finding" or f"planted.{n}" not in gt.columns: continue
+        ps = {p: v.astype(float) for p, v in _finding_parts(gt, n).items() if min_pos <= v.sum() <= len(v) - min_pos}
+        if len(ps) >= 2: parts[n] = ps
     return Concepts(y[:, keep], kept, [t for t, k in zip(kinds, keep) if k], {n: phrases[n] for n in kept},
-                    [n for n, k in zip(names, keep) if not k], {n: patterns[n] for n in kept})
+                    [n for n, k in zip(names, keep) if not k], {n: patterns[n] for n in kept}, parts)
 
 def _probe_one(xtr, a, xte, b, C):
     from sklearn.linear_model import LogisticRegression
@@ -344,6 +363,35 @@ def concept_recovery(auc: np.ndarray, names: Sequence[str], min_auroc: float = 0
                          margin=float(marg[j]), recovered=bool(s[j, c] >= min_auroc and marg[j] >= margin)))
     return pd.DataFrame(rows)
 
+def parts_recovery(acts, concepts: Concepts, auc: np.ndarray, min_auroc: float = 0.9, margin: float = 0.1,
+                   direction_free: bool = False) -> pd.DataFrame:
+    """Per part of a concept (`concepts.parts`): the unit that best detects it alone, its AUROC, and whether it is
+    dedicated (AUROC >= `min_auroc`, and AUROC on every concept other than the part's own concept lower by >= `margin`).
+    `auc`: the units' AUROC for the concepts (`auroc_matrix`). A concept whose every part has such a unit is carried
+    by the units, split into its parts (an SAE splits a feature it can afford to split: left and right effusion)."""
+    rows = []
+    s_all = np.maximum(auc, 1 - auc) if direction_free else auc
+    for parent, parts in concepts.parts.items():
+        c = concepts.names.index(parent)
+        other = np.delete(s_all, c, axis=1).max(1) if s_all.shape[1] > 1 else np.zeros(len(s_all))
+        a = auroc_matrix(acts, np.column_stack(list(parts.values())))
+        a = np.maximum(a, 1 - a) if direction_free else a
+        for k, part in enumerate(parts):
+            marg = a[:, k] - other
+            cand = np.flatnonzero(a[:, k] >= min_auroc)
+            j = int(cand[np.argmax(marg[cand])]) if len(cand) else int(np.argmax(a[:, k]))
+            rows.append(dict(concept=parent, part=part, positives=int(parts[part].sum()), unit=j, auroc=float(a[j, k]),
+                             margin=float(marg[j]), recovered=bool(a[j, k] >= min_auroc and marg[j] >= margin)))
+    return pd.DataFrame(rows, columns=["concept", "part", "positives", "unit", "auroc", "margin", "recovered"])
+
+def _by_parts(t: pd.DataFrame, pr: pd.DataFrame, prefix: str):
+    "Columns `<prefix>_parts` (part: unit, AUROC) and `<prefix>_recovered_by_parts` (not whole, every part dedicated)."
+    g = {c: d for c, d in pr.groupby("concept", sort=False)}
+    t[f"{prefix}_parts"] = [", ".join(f"{r.part}: {r.unit} ({r.auroc:.3f}{'' if r.recovered else ', not dedicated'})"
+                                      for r in g[c].itertuples()) if c in g else "" for c in t.concept]
+    t[f"{prefix}_recovered_by_parts"] = [bool(c in g and not whole and g[c].recovered.all())
+                                         for c, whole in zip(t.concept, t[f"{prefix}_recovered"])]
+
 def hungarian_matching(auc: np.ndarray, names: Sequence[str], candidates: int = 50) -> pd.DataFrame:
     "One latent per concept, distinct, maximising the summed AUROC."
     from scipy.optimize import linear_sum_assignment
@@ -383,17 +431,26 @@ def ground_truth_table(sae_acts, raw_acts, concepts: Concepts, min_auroc: float 
                       "hungarian_latent": hm.matched_unit, "hungarian_auroc": hm.matched_auroc,
                       "raw_dim": rr.unit, "raw_auroc": rr.auroc, "raw_ap": ap_r, "raw_margin": rr.margin,
                       "raw_recovered": rr.recovered})
+    _by_parts(t, parts_recovery(sae_acts, concepts, auc_s, min_auroc, margin), "sae")
+    _by_parts(t, parts_recovery(raw_acts, concepts, auc_r, min_auroc, margin, direction_free=True), "raw")
+    either = lambda u: t[f"{u}_recovered"] | t[f"{u}_recovered_by_parts"]
     summary = dict(concepts=len(t), rule=f"AUROC >= {min_auroc} and AUROC on every other concept lower by >= {margin}",
                    sae_recovered=int(t.sae_recovered.sum()), raw_recovered=int(t.raw_recovered.sum()),
                    sae_recovery_rate=float(t.sae_recovered.mean()), raw_recovery_rate=float(t.raw_recovered.mean()),
                    hungarian_mean_auroc=float(hm.matched_auroc.mean()),
                    hungarian_recovered=int((hm.matched_auroc >= min_auroc).sum()),
+                   sae_recovered_or_split=int(either("sae").sum()), raw_recovered_or_split=int(either("raw").sum()),
+                   parts_rule="a concept not recovered whole is recovered by parts when each of its planted parts (side; "
+                              f"kind of device) has a dedicated unit: AUROC >= {min_auroc} on the part, and on every other concept "
+                              f"lower by >= {margin}",
                    sae_polysemanticity=polysemanticity(auc_s), raw_polysemanticity=polysemanticity(auc_r),
                    dropped_concepts=concepts.dropped)
     if probe is not None:
         t.insert(3, "probe_auroc", np.asarray(probe, dtype=float))
         t.insert(4, "encodable", t.probe_auroc >= min_auroc)
         enc = t[t.encodable]
+        summary.update(sae_recovered_or_split_encodable=int(either("sae")[t.encodable].sum()),
+                       raw_recovered_or_split_encodable=int(either("raw")[t.encodable].sum()))
         summary.update(encodable=int(len(enc)), encodable_concepts=list(enc.concept),
                        sae_recovered_encodable=int(enc.sae_recovered.sum()), raw_recovered_encodable=int(enc.raw_recovered.sum()),
                        sae_recovery_of_encodable=float(enc.sae_recovered.mean()) if len(enc) else None,

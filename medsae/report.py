@@ -223,6 +223,11 @@ def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "", l
                   f"{g['sae_recovered_encodable']} ({(g['sae_recovery_of_encodable'] or 0):.0%}) with a dedicated latent; "
                   f"single raw dimensions {g['raw_recovered_encodable']} ({(g['raw_recovery_of_encodable'] or 0):.0%}). "
                   "A concept the probe cannot find is one the encoder does not carry: no unit can recover it.", ""]
+            if g.get("sae_recovered_or_split_encodable") is not None:
+                L += [f"**Split concepts**: {g['parts_rule']} (columns `*_parts`, `*_recovered_by_parts`). Counting those, "
+                      f"SAE latents carry {g['sae_recovered_or_split_encodable']} of the {enc_} encodable concepts "
+                      f"({g['sae_recovered_or_split_encodable'] / max(enc_, 1):.0%}), single raw dimensions "
+                      f"{g['raw_recovered_or_split_encodable']} ({g['raw_recovered_or_split_encodable'] / max(enc_, 1):.0%}).", ""]
         L += [
               table(R.evaluate.recovery), "", f"![concept recovery]({f('evaluate', R.evaluate.recovery_figure)})", ""]
         if cor:

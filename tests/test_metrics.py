@@ -138,3 +138,30 @@ def test_phantom_concepts_rules():
     assert c.y[:, j].sum() == 50 and (c.y[:, j] == (gt["nuisance.contrast"] > np.quantile(gt["nuisance.contrast"], 0.75))).all()
     assert c.patterns["Edema"] and re.search(c.patterns["patient rotation"], "rotated patient")
     with pytest.raises(MetricError, match="ground-truth table lacks"): phantom_concepts(gt.drop(columns=["nuisance.view"]))
+
+def test_phantom_concepts_parts_from_the_ground_truth_columns():
+    "Sides of a sided finding and kinds of device become parts (>= min_pos positives each, two parts at least)."
+    import json
+    import pandas as pd
+    rng = np.random.default_rng(1)
+    n = 300
+    eff = rng.random(n) < 0.4
+    side = np.where(eff, rng.choice(["left", "right"], n), None)
+    dev = rng.random(n) < 0.5
+    kinds = [json.dumps(sorted(rng.choice(["ecg", "ett", "pacemaker"], 1 + int(rng.integers(2)), replace=False).tolist()))
+             if d else None for d in dev]
+    fr = np.r_[np.ones(40), np.zeros(n - 40)].astype(bool)
+    gt = pd.DataFrame({"planted.Pleural Effusion": eff, "Pleural Effusion.side": side, "planted.Support Devices": dev,
+                       "Support Devices.devices": kinds, "planted.Fracture": fr,
+                       "Fracture.side": np.where(fr, "left", None),                     # one side only: no split
+                       "nuisance.view": rng.choice(["AP", "PA"], n), "nuisance.marker": rng.choice(["none", "L", "R"], n),
+                       "nuisance.exposure": rng.normal(size=n), "nuisance.rotation_deg": rng.normal(0, 6, size=n),
+                       "nuisance.inspiration": rng.uniform(0.9, 1.1, n), "nuisance.annotation": "none"})
+    c = phantom_concepts(gt, min_pos=10)
+    assert set(c.parts) == {"Pleural Effusion", "Support Devices"}
+    assert list(c.parts["Pleural Effusion"]) == ["left", "right"]
+    assert (c.parts["Pleural Effusion"]["left"] == (eff & (side == "left"))).all()
+    assert sorted(c.parts["Support Devices"]) == ["ecg", "ett", "pacemaker"]
+    want = np.array([k is not None and "ett" in json.loads(k) for k in kinds])
+    assert (c.parts["Support Devices"]["ett"] == want).all()
+    assert "Fracture" not in c.parts
