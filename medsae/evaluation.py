@@ -17,7 +17,7 @@ import scipy.sparse as sp
 from .metrics import MetricError, _check_xy, correlations, detection, entropy, monosemanticity, monosemanticity_score
 
 # %% auto #0
-__all__ = ['STATISTICS', 'CONTINUOUS_NUISANCE', 'CATEGORICAL_NUISANCE', 'TECHNICAL_PHRASES', 'NO_FINDING_PATTERN',
+__all__ = ['STATISTICS', 'CONTINUOUS_NUISANCE', 'CATEGORICAL_NUISANCE', 'TECHNICAL_PHRASES', 'TWO_LEVEL', 'NO_FINDING_PATTERN',
            'paired_bootstrap', 'permutation_null', 'compare_units', 'Concepts', 'phantom_concepts', 'probe_ceiling',
            'auroc_matrix', 'concept_recovery', 'parts_recovery', 'hungarian_matching', 'polysemanticity',
            'ground_truth_table', 'plot_entropy_hist', 'plot_correlation_heatmap', 'plot_concept_recovery', 'fmt_ci',
@@ -229,6 +229,11 @@ TECHNICAL_PHRASES = {
 }
 "Phrases a correct name of each technical factor could use (its report pattern is `reports.TECHNICAL`)."
 
+TWO_LEVEL = {"view AP": ("view", "PA", "view PA", ["PA view", "posteroanterior projection", "PA film", "PA and lateral views"],
+                         r"\bPA\b|postero-?anterior")}
+"""Concepts whose negatives are exactly one other level of the same factor (every film is AP or PA): nuisance column,
+the other level's value, its name, phrases and pattern. A unit that detects either level is dedicated to the factor."""
+
 NO_FINDING_PATTERN = r"no finding|no acute|normal chest|clear lungs|lungs are clear|unremarkable|no active|negative"
 
 @dataclass
@@ -241,6 +246,7 @@ class Concepts:
     dropped: list[str]               # concepts with too few positives or negatives
     patterns: dict[str, str] = field(default_factory=dict)   # regex of the concept's terms and synonyms
     parts: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)   # concept -> {part: (N,) in {0, 1}}
+    levels: dict[str, str] = field(default_factory=dict)     # two-level concept -> its other level (phrases, patterns too)
 
 def _finding_parts(gt: pd.DataFrame, f: str) -> dict[str, np.ndarray]:
     "The planted parts of a finding: its side (left / right), or for Support Devices each kind of device."
@@ -290,8 +296,15 @@ def phantom_concepts(gt: pd.DataFrame, min_pos: int = 10) -> Concepts:
         if kinds[names.index(n)] != "finding" or f"planted.{n}" not in gt.columns: continue
         ps = {p: v.astype(float) for p, v in _finding_parts(gt, n).items() if min_pos <= v.sum() <= len(v) - min_pos}
         if len(ps) >= 2: parts[n] = ps
-    return Concepts(y[:, keep], kept, [t for t, k in zip(kinds, keep) if k], {n: phrases[n] for n in kept},
-                    [n for n, k in zip(names, keep) if not k], {n: patterns[n] for n in kept}, parts)
+    levels = {}
+    for n, (col, value, other, ph, pat) in TWO_LEVEL.items():     # the rule's negatives must be that one other level
+        if n not in kept or col not in nu.columns: continue
+        neg = y[:, names.index(n)] == 0
+        if (nu[col].astype(str).to_numpy()[neg] == value).all():
+            levels[n] = other; phrases[other] = ph; patterns[other] = pat
+    return Concepts(y[:, keep], kept, [t for t, k in zip(kinds, keep) if k],
+                    {n: phrases[n] for n in kept + list(levels.values())}, [n for n, k in zip(names, keep) if not k],
+                    {n: patterns[n] for n in kept + list(levels.values())}, parts, levels)
 
 def _probe_one(xtr, a, xte, b, C):
     from sklearn.linear_model import LogisticRegression
@@ -346,9 +359,12 @@ def auroc_matrix(acts, y: np.ndarray) -> np.ndarray:
 
 # %% ../nbs/52_evaluation.ipynb #4a99299d
 def concept_recovery(auc: np.ndarray, names: Sequence[str], min_auroc: float = 0.9, margin: float = 0.1,
-                     direction_free: bool = False) -> pd.DataFrame:
-    "Per concept: the best unit, its AUROC, its best other concept and the margin, and whether it is recovered."
-    s = np.maximum(auc, 1 - auc) if direction_free else auc
+                     direction_free: bool | Sequence[bool] = False) -> pd.DataFrame:
+    """Per concept: the best unit, its AUROC, its best other concept and the margin, and whether it is recovered.
+    `direction_free` (for all concepts, or one flag per concept): a unit may also detect the concept by its absence
+    (AUROC read as max(AUROC, 1 - AUROC); column `inverse`): a raw dimension, or either level of a two-level factor."""
+    free = np.broadcast_to(np.asarray(direction_free, dtype=bool), (auc.shape[1],))
+    s = np.where(free, np.maximum(auc, 1 - auc), auc)
     C = s.shape[1]
     rows = []
     for c in range(C):
@@ -360,7 +376,8 @@ def concept_recovery(auc: np.ndarray, names: Sequence[str], min_auroc: float = 0
         k2 = oc[int(np.argmax(s[j, oc]))] if oc else None
         rows.append(dict(concept=names[c], unit=j, auroc=float(s[j, c]), best_auroc=float(s[:, c].max()),
                          next_concept=names[k2] if k2 is not None else "", next_auroc=float(s[j, k2]) if k2 is not None else np.nan,
-                         margin=float(marg[j]), recovered=bool(s[j, c] >= min_auroc and marg[j] >= margin)))
+                         margin=float(marg[j]), recovered=bool(s[j, c] >= min_auroc and marg[j] >= margin),
+                         inverse=bool(auc[j, c] < 0.5 and free[c])))
     return pd.DataFrame(rows)
 
 def parts_recovery(acts, concepts: Concepts, auc: np.ndarray, min_auroc: float = 0.9, margin: float = 0.1,
@@ -416,11 +433,12 @@ def ground_truth_table(sae_acts, raw_acts, concepts: Concepts, min_auroc: float 
     ceiling per concept), also the rates among the **encodable** concepts (probe AUROC >= `min_auroc`)."""
     from sklearn.metrics import average_precision_score
     auc_s, auc_r = auroc_matrix(sae_acts, concepts.y), auroc_matrix(raw_acts, concepts.y)
-    rs = concept_recovery(auc_s, concepts.names, min_auroc, margin)
+    rs = concept_recovery(auc_s, concepts.names, min_auroc, margin, [n in concepts.levels for n in concepts.names])
     rr = concept_recovery(auc_r, concepts.names, min_auroc, margin, direction_free=True)
     hm = hungarian_matching(auc_s, concepts.names)
     col = lambda a, j: (a[:, [j]].toarray().ravel() if sp.issparse(a) else np.asarray(a)[:, j])
-    ap_s = [average_precision_score(concepts.y[:, c], col(sae_acts, j)) for c, j in enumerate(rs.unit)]
+    ap_s = [average_precision_score(concepts.y[:, c], -col(sae_acts, j) if inv else col(sae_acts, j))
+            for c, (j, inv) in enumerate(zip(rs.unit, rs.inverse))]
     ap_r = []
     for c, j in enumerate(rr.unit):
         v = col(raw_acts, j)
@@ -428,6 +446,7 @@ def ground_truth_table(sae_acts, raw_acts, concepts: Concepts, min_auroc: float 
     t = pd.DataFrame({"concept": concepts.names, "kind": concepts.kinds, "positives": concepts.y.sum(0).astype(int),
                       "sae_latent": rs.unit, "sae_auroc": rs.auroc, "sae_ap": ap_s, "sae_next_concept": rs.next_concept,
                       "sae_margin": rs.margin, "sae_recovered": rs.recovered,
+                      "sae_detects": [concepts.levels[n] if inv else n for n, inv in zip(concepts.names, rs.inverse)],
                       "hungarian_latent": hm.matched_unit, "hungarian_auroc": hm.matched_auroc,
                       "raw_dim": rr.unit, "raw_auroc": rr.auroc, "raw_ap": ap_r, "raw_margin": rr.margin,
                       "raw_recovered": rr.recovered})
@@ -443,6 +462,9 @@ def ground_truth_table(sae_acts, raw_acts, concepts: Concepts, min_auroc: float 
                    parts_rule="a concept not recovered whole is recovered by parts when each of its planted parts (side; "
                               f"kind of device) has a dedicated unit: AUROC >= {min_auroc} on the part, and on every other concept "
                               f"lower by >= {margin}",
+                   levels_rule="a two-level factor (every film is AP or PA) is recovered by a latent dedicated to either "
+                               "level, as a raw dimension is read in either direction",
+                   levels=dict(concepts.levels),
                    sae_polysemanticity=polysemanticity(auc_s), raw_polysemanticity=polysemanticity(auc_r),
                    dropped_concepts=concepts.dropped)
     if probe is not None:
@@ -625,7 +647,7 @@ def evaluation_stage_run(act_dir: str | Path, store_path: str | Path, out: str |
         write_table(gtt.round(4), out.recovery)
         np.save(out.concept_auroc, gs.pop("auc_sae").astype(np.float32)); gs.pop("auc_raw")
         atomic_write_json(out.concepts, dict(names=concepts.names, kinds=concepts.kinds, phrases=concepts.phrases,
-                                             patterns=concepts.patterns, dropped=concepts.dropped))
+                                             patterns=concepts.patterns, dropped=concepts.dropped, levels=concepts.levels))
         save_figure(plot_concept_recovery(gtt, cfg.recovery_auroc, f"PhantomCXR {cfg.split} split: planted concepts "
                                           f"({gs['sae_recovered']}/{len(gtt)} recovered by a dedicated latent)"),
                     out.recovery_figure)

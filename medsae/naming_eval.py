@@ -213,10 +213,16 @@ def says_concept(name: str, pattern: str | None) -> bool:
 
 def name_correctness(names: pd.DataFrame, concept_auroc: np.ndarray, concepts: Sequence[str],
                      phrases: dict[str, list[str]], embed: Callable, min_auroc: float = 0.75,
-                     min_similarity: float = 0.3, patterns: dict[str, str] | None = None) -> pd.DataFrame:
+                     min_similarity: float = 0.3, patterns: dict[str, str] | None = None,
+                     levels: dict[str, str] | None = None) -> pd.DataFrame:
     """For each named SAE latent with a ground-truth concept (AUROC >= min_auroc): whether its name says the concept
-    (one of its terms, `patterns`), and the nearest concept to the name (MiniLM similarity to each concept's phrases)."""
+    (one of its terms, `patterns`), and the nearest concept to the name (MiniLM similarity to each concept's phrases).
+    `levels`: two-level concepts and their other level ("view AP" -> "view PA"), a concept too (AUROC 1 - AUROC)."""
     concepts = list(concepts)
+    extra = [(concepts.index(c), o) for c, o in (levels or {}).items() if c in concepts]
+    if extra:
+        concept_auroc = np.column_stack([concept_auroc] + [1 - np.asarray(concept_auroc)[:, i] for i, _ in extra])
+        concepts += [o for _, o in extra]
     ph = [(c, p) for c in concepts for p in dict.fromkeys([c] + list(phrases.get(c, [])))]
     pe = np.asarray(embed([p for _, p in ph]), dtype=np.float64)
     pe /= np.maximum(np.linalg.norm(pe, axis=1, keepdims=True), 1e-12)
@@ -311,14 +317,15 @@ def naming_eval_stage_run(names_csv: str | Path, act_dir: str | Path, store_path
         auc = np.load(md.concept_auroc)
         cj = json.loads(md.concepts.read_text())
         corr = name_correctness(names, auc, cj["names"], cj["phrases"], sentence_embedder(), min_similarity=cfg.correct_similarity,
-                                patterns=cj.get("patterns"))
+                                patterns=cj.get("patterns"), levels=cj.get("levels"))
         write_table(corr, out.correctness)
         rec = pd.read_csv(md.recovery)
         rec = rec[rec.sae_recovered.astype(str).str.lower() == "true"]
         rates = {}
         for nm in sorted(names[names.unit_kind == "sae"].namer.unique()):
             c = corr[corr.namer == nm]
-            hits = [bool(c[(c.unit == r.sae_latent) & (c.truth_concept == r.concept)].correct.any()) for r in rec.itertuples()]
+            hits = [bool(c[(c.unit == r.sae_latent) & (c.truth_concept == getattr(r, "sae_detects", r.concept))].correct.any())
+                    for r in rec.itertuples()]                  # a two-level concept: the level its latent detects
             rates[nm] = dict(named_correctly=int(sum(hits)), recovered=int(len(rec)),
                              rate=float(np.mean(hits)) if hits else None,
                              all_latents_with_truth=int(len(c)), all_correct_rate=float(c.correct.mean()) if len(c) else None)

@@ -228,6 +228,13 @@ def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "", l
                       f"SAE latents carry {g['sae_recovered_or_split_encodable']} of the {enc_} encodable concepts "
                       f"({g['sae_recovered_or_split_encodable'] / max(enc_, 1):.0%}), single raw dimensions "
                       f"{g['raw_recovered_or_split_encodable']} ({g['raw_recovered_or_split_encodable'] / max(enc_, 1):.0%}).", ""]
+        if g.get("levels") and R.evaluate.recovery.exists():
+            rc = pd.read_csv(R.evaluate.recovery)
+            inv = rc[rc.sae_detects != rc.concept] if "sae_detects" in rc else rc.iloc[:0]
+            said = "; ".join(f"{r.concept}: latent {r.sae_latent} detects {r.sae_detects} (AUROC {r.sae_auroc:.3f}, "
+                             f"{'recovered' if r.sae_recovered else 'not recovered'})" for r in inv.itertuples())
+            L += [f"**Two-level factors** ({', '.join(f'{a} / {b}' for a, b in g['levels'].items())}): "
+                  f"{g['levels_rule']}. {said or 'No concept is detected by its other level.'}", ""]
         L += [
               table(R.evaluate.recovery), "", f"![concept recovery]({f('evaluate', R.evaluate.recovery_figure)})", ""]
         if cor:

@@ -138,6 +138,11 @@ def test_phantom_concepts_rules():
     assert c.y[:, j].sum() == 50 and (c.y[:, j] == (gt["nuisance.contrast"] > np.quantile(gt["nuisance.contrast"], 0.75))).all()
     assert c.patterns["Edema"] and re.search(c.patterns["patient rotation"], "rotated patient")
     with pytest.raises(MetricError, match="ground-truth table lacks"): phantom_concepts(gt.drop(columns=["nuisance.view"]))
+    # the view is a two-level factor (every film AP or PA); the marker may be absent, so "marker L" is not
+    assert c.levels == {"view AP": "view PA"} and re.search(c.patterns["view PA"], "PA and lateral views")
+    assert "view PA" in c.phrases and "view PA" not in c.names
+    three = gt.assign(**{"nuisance.view": np.where(np.arange(n) < 20, "LL", gt["nuisance.view"])})   # a third value
+    assert phantom_concepts(three, min_pos=10).levels == {}
 
 def test_phantom_concepts_parts_from_the_ground_truth_columns():
     "Sides of a sided finding and kinds of device become parts (>= min_pos positives each, two parts at least)."

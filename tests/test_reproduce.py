@@ -64,6 +64,7 @@ def test_reproduce_default(tmp_path):
         assert (figures / f).stat().st_size > 0, f
     page = figures.results.read_text()
     assert "PhantomCXR" in page and "NOT CheXpert" in page
+    assert ("**Two-level factors** (view AP / view PA)" in page) == bool(met["ground_truth"].get("levels"))
     for link in [l.split("](", 1)[1].split(")")[0] for l in page.splitlines() if l.startswith("![")]:
         assert (figures / link).exists(), link                 # every image the page shows is in the figures folder
     from test_browser import check_published_pages        # the repository page, interactive pages, HTML notebooks
