@@ -431,6 +431,18 @@ def test_recovery_direction_free_for_raw_dimensions():
     assert np.isclose(t.auroc.iloc[1], 0.92) and np.isclose(t.margin.iloc[1], 0.92 - 0.7)
     signed = concept_recovery(auc, ["a", "b", "c"], 0.9, 0.1)
     assert not signed.recovered.iloc[0] and np.isclose(signed.auroc.iloc[0], 0.3)
+    assert t.inverse.tolist() == [True, False, False] and not signed.inverse.any()
+
+
+def test_recovery_direction_free_per_concept():
+    "A two-level factor is read either way; the others keep one direction, also as the margin's other concepts."
+    auc = np.array([[0.04, 0.04, 0.5], [0.5, 0.5, 0.93]])
+    t = concept_recovery(auc, ["a", "b", "c"], 0.9, 0.1, direction_free=[True, False, False])
+    assert t.recovered.tolist() == [True, False, True] and t.inverse.tolist() == [True, False, False]
+    assert np.isclose(t.auroc.iloc[0], 0.96) and np.isclose(t.margin.iloc[0], 0.96 - 0.5)     # b read as 0.04, c 0.5
+    assert np.isclose(t.margin.iloc[2], 0.93 - 0.5)                                        # a read as 0.5 for unit 1
+    b_free = concept_recovery(auc, ["a", "b", "c"], 0.9, 0.1, direction_free=[True, True, False])
+    assert not b_free.recovered.iloc[0] and np.isclose(b_free.margin.iloc[0], 0.0)         # b read as 0.96 too
 
 
 def test_hungarian_matching_equals_brute_force():
@@ -507,7 +519,8 @@ def test_phantom_concepts_by_hand():
     at_q = phantom_concepts(gt.assign(**{"nuisance.contrast": np.r_[np.zeros(29), np.ones(11)]}), 1)
     assert "high contrast" in at_q.dropped                              # the 75th percentile is 1: none above it
     assert c.phrases["patient rotation"] == ["rotated patient", "patient rotation", "rotation"]
-    assert set(c.phrases) == set(c.names) == set(c.patterns)
+    assert c.levels == {"view AP": "view PA"}                            # every film here is AP or PA
+    assert set(c.phrases) == set(c.names) | {"view PA"} == set(c.patterns)   # the other level has its own phrases
     assert re.search(c.patterns["low lung volumes"], "Low lung volumes.", re.I)
     few_neg = gt.assign(**{"nuisance.view": ["AP"] * 31 + ["PA"] * 9})      # 9 negatives: dropped too
     assert "view AP" in phantom_concepts(few_neg, 10).dropped and "view AP" not in phantom_concepts(few_neg, 9).dropped
