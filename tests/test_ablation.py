@@ -45,7 +45,10 @@ def check_ablation(tmp_path):
     assert np.isclose(num(ho, "entropy SAE"), c["sae"]["heldout_mean_best_entropy"], atol=5e-4)
     assert np.isclose(num(ho, "diff"), c["sae - raw"]["heldout_mean_best_entropy"])
     for row in ("-1 coding", "8 labels", ho, "SAE as published"):
-        assert num(row, "lo") <= num(row, "diff") + 1e-9 <= num(row, "hi") + 2e-9 or not np.isfinite(num(row, "lo")), row
+        # a basic bootstrap interval (2 x estimate - the resampled quantiles) holds the estimate only when the
+        # resampled statistic is not biased; a best-of-units statistic is (the tiny run's "SAE as published" row:
+        # -0.220 outside [-0.507, -0.234]), so only the order of the bounds is a law here
+        assert num(row, "lo") <= num(row, "hi") + 1e-12 or not np.isfinite(num(row, "lo")), row
         assert np.isclose(num(row, "change"), num(row, "diff") - num("baseline", "diff")), row
     assert int(t.loc["8 labels", "labels used"]) <= len(LABEL_SETS["paper8"])
     assert "3e-05 on raw inputs" in t.loc["SAE as published", "setting"]
