@@ -20,12 +20,12 @@ from .provenance import atomic_path, atomic_write_json, environment_info, sha256
 from .sae import SAE, Normaliser, build_sae, code_dense
 
 # %% auto #0
-__all__ = ['SAELENS_ARCH', 'PLATEAU_GAIN', 'SAETrainingError', 'check_embeddings', 'data_hash', 'sae_from_config', 'lr_at',
-           'batch_metrics', 'save_checkpoint', 'load_checkpoint', 'latest_checkpoint', 'total_steps',
-           'resample_interval', 'dead_mask', 'penalty_scales', 'batch_indices', 'resample_dead', 'train_sae',
-           'evaluate_sae', 'folded_weights', 'export_saelens', 'saelens_forward', 'export_hub_folder', 'sweep_grid',
-           'sweep', 'plateau', 'plot_sweep_curves', 'select_sae', 'pareto_front', 'plot_pareto', 'plot_training',
-           'sae_stage_run']
+__all__ = ['RESAMPLING_VERSION', 'SAELENS_ARCH', 'PLATEAU_GAIN', 'SAETrainingError', 'check_embeddings', 'data_hash',
+           'sae_from_config', 'lr_at', 'batch_metrics', 'save_checkpoint', 'load_checkpoint', 'latest_checkpoint',
+           'total_steps', 'resample_interval', 'dead_mask', 'resample_due', 'penalty_scales', 'batch_indices',
+           'resample_dead', 'train_sae', 'evaluate_sae', 'folded_weights', 'export_saelens', 'saelens_forward',
+           'export_hub_folder', 'sweep_grid', 'sweep', 'plateau', 'plot_sweep_curves', 'select_sae', 'pareto_front',
+           'plot_pareto', 'plot_training', 'sae_stage_run']
 
 # %% ../nbs/41_sae_training.ipynb #0bdd6bab
 class SAETrainingError(RuntimeError):
@@ -139,6 +139,19 @@ def dead_mask(since: torch.Tensor, n: int, cfg: SAEConfig) -> torch.Tensor:
         return since > resample_interval(n, cfg) // 2 * cfg.batch_size
     return since >= cfg.dead_window
 
+RESAMPLING_VERSION = 2
+"""The resampling schedule's version (2: dictionary_learning's steps; ours never with less than an interval left). In
+the cache key of a stage whose SAE resamples: an SAE of an older schedule is retrained."""
+
+def resample_due(step: int, total: int, n: int, cfg: SAEConfig) -> bool:
+    """Whether dead latents are resampled after the step with 0-based index `step` of a run of `total` steps. As in
+    dictionary_learning's trainer: after steps R, 2R, ... (R = `resample_interval`), not after the first. The `ours`
+    rule also skips a resampling with fewer than R steps left after it: a resampled latent points at one badly
+    reconstructed input and needs training to become a feature; one resampled at the end ships untrained."""
+    R = resample_interval(n, cfg)
+    if not R or step <= 0 or step % R: return False
+    return cfg.resample_rule == "published" or total - 1 - step >= R
+
 def penalty_scales(x_raw: torch.Tensor, cfg: SAEConfig) -> dict:
     """The L1 penalty in both scales. With s = sqrt(d / E||x - mean||^2), the paper's normalised objective with
     penalty l1' equals s^2 times the raw-input objective with l1 = l1' / s (the decoder has unit columns, so codes
@@ -249,7 +262,7 @@ def train_sae(x_raw: torch.Tensor, cfg: SAEConfig = SAEConfig(), seed: int = 0, 
             fired = out["fired"] if "fired" in out else (out["f"] > 0).any(0)
             since += len(xb); since[fired] = 0
         step += 1; seen += len(xb)
-        if resample_interval(n, cfg) and step % resample_interval(n, cfg) == 0:
+        if resample_due(step - 1, total, n, cfg):
             resample_dead(sae, opt, xb, dead_mask(since, n, cfg), torch.Generator().manual_seed(seed * 7919 + step),
                           cfg.resample_rule)
         if step % cfg.log_every == 0 or step == end:
@@ -385,12 +398,15 @@ def sweep(x_train: torch.Tensor, x_valid: torch.Tensor, cfg: SAEConfig, seed: in
         for name, (s, p) in models.items():
             opt = opts[name]
             for g in opt.param_groups: g["lr"] = lr_at(step, total, scfg)
-            out = s.loss(xb, dead=since[name] >= cfg.dead_window)
+            out = s.loss(xb, dead=dead_mask(since[name], n, scfg))
             if not torch.isfinite(out["loss"]): raise SAETrainingError(f"sweep model {name} diverged at step {step}")
             opt.zero_grad(set_to_none=True); out["loss"].backward()
             s.remove_parallel_grad(); opt.step(); s.renorm_decoder()
             with torch.no_grad():
                 since[name] += len(xb); since[name][out["fired"] if "fired" in out else (out["f"] > 0).any(0)] = 0
+            if resample_due(step, total, n, scfg):         # the members are trained as the run's SAE is
+                resample_dead(s, opt, xb, dead_mask(since[name], n, scfg),
+                              torch.Generator().manual_seed(seed * 7919 + step + 1), scfg.resample_rule)
     record(total)
     secs = time.time() - t0
     rows = []

@@ -306,6 +306,18 @@ def _phantom_external(p) -> dict:
     from medsae import phantom, reports
     return {"renderer": phantom.RENDERER_VERSION, "vocabulary": reports.VOCABULARY_VERSION}
 
+def _resamples(sae) -> bool: return bool(sae.resample_every or sae.resample_epochs)
+
+def _sae_external(p) -> dict:
+    "The resampling schedule's version when the SAE (or its sweep) resamples dead latents."
+    from medsae.sae_training import RESAMPLING_VERSION
+    return {"resampling": RESAMPLING_VERSION} if _resamples(p.cfg.sae) else {}
+
+def _evaluate_external(p) -> dict:
+    "The resampling schedule's version when the ablation trains the SAE as published (it resamples every 10 epochs)."
+    from medsae.sae_training import RESAMPLING_VERSION
+    return {"resampling": RESAMPLING_VERSION} if p.cfg.metrics.ablation and p.cfg.data.dataset != "folder" else {}
+
 def _labels_external(p) -> dict:
     from medsae.provenance import cached_sha256
     return {k: cached_sha256(t) for k, t in _label_tables(p.cfg).items() if k != "phantom" or not _renders_phantom(p.cfg)}
@@ -336,14 +348,14 @@ STAGES: tuple[Stage, ...] = (
            "data.preprocess"), _extract,
           external=_extract_external),
     Stage("sae", "the SAE, its sweep and its exports", ("extract",), ("sae",), _sae,
-          lambda L: [L.sae.sweep, L.sae.sweep_pareto, L.sae.sweep_curves_figure, L.sae.curve]),
+          lambda L: [L.sae.sweep, L.sae.sweep_pareto, L.sae.sweep_curves_figure, L.sae.curve], external=_sae_external),
     Stage("activations", "the SAE's codes of every split, stored sparse", ("sae", "extract"), (), _activations,
           part_of="evaluate"),
     Stage("evaluate", "monosemanticity: SAE latents vs raw dimensions; concept recovery", ("activations", "phantom"),
           ("metrics", "analyses", "data.labels", "data.uncertain", "data.blank", "data.subset_order"), _evaluate,
           lambda L: [L.evaluate.monosemanticity, L.evaluate.best_units, L.evaluate.recovery,
                      L.evaluate.entropy_hist, L.evaluate.heatmap, L.evaluate.recovery_figure,
-                     L.evaluate.ablation, *_published_files(L)]),
+                     L.evaluate.ablation, *_published_files(L)], external=_evaluate_external),
     Stage("name", "names of the latents", ("evaluate", "activations", "encoder"),
           ("naming", "encoder", "data.labels", "data.uncertain", "data.blank"), _name,
           lambda L: [L.name_stage.names, L.name_stage.named, L.name_stage.vocabulary_published,
