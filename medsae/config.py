@@ -13,11 +13,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # %% auto #0
-__all__ = ['CHEXPERT_LABELS', 'CHEXPERT_COMPETITION5', 'LABEL_SETS', 'RUNTIME', 'PHANTOM_FINDINGS', 'resolve_labels', 'RunConfig',
-           'DataConfig', 'PhantomConfig', 'EncoderConfig', 'EncoderTrainingConfig', 'SAEConfig', 'MetricsConfig',
-           'AnalysesConfig', 'NamingConfig', 'Config', 'ConfigError', 'parse_override', 'apply_overrides',
-           'config_from_dict', 'load_config', 'config_to_dict', 'save_config', 'config_fields', 'runtime_fields',
-           'config_values']
+__all__ = ['CHEXPERT_LABELS', 'CHEXPERT_COMPETITION5', 'LABEL_SETS', 'RUNTIME', 'PHANTOM_FINDINGS', 'RESAMPLING_VERSION',
+           'resolve_labels', 'RunConfig', 'DataConfig', 'PhantomConfig', 'EncoderConfig', 'EncoderTrainingConfig',
+           'SAEConfig', 'MetricsConfig', 'AnalysesConfig', 'NamingConfig', 'Config', 'ConfigError', 'parse_override',
+           'apply_overrides', 'config_from_dict', 'load_config', 'config_to_dict', 'save_config', 'config_fields',
+           'runtime_fields', 'config_values']
 
 # %% ../nbs/00_config.ipynb #1fd8b772
 CHEXPERT_LABELS: tuple[str, ...] = (
@@ -176,6 +176,11 @@ class EncoderTrainingConfig(_Section):
                                  "drawn with replacement, an image weighing (1 / frequency)^power of its rarest "
                                  "positive label (0: every pair once per epoch, in a shuffled order).")
     threads: int = Field(2, ge=1, description="torch CPU threads.")
+
+RESAMPLING_VERSION = 2
+"""The version of the steps on which an SAE resamples dead latents (`sae_training.resample_due`; 2: dictionary_learning's
+steps, ours never with less than an interval left). In the cache key of a stage whose SAE resamples, so that an SAE of
+an older schedule is retrained; kept here, not beside the trainer, so that checking a key does not import torch."""
 
 class SAEConfig(_Section):
     "The sparse autoencoder and its training (defaults: the paper's published settings, except where noted)."

@@ -20,12 +20,12 @@ from .provenance import atomic_path, atomic_write_json, environment_info, sha256
 from .sae import SAE, Normaliser, build_sae, code_dense
 
 # %% auto #0
-__all__ = ['RESAMPLING_VERSION', 'SAELENS_ARCH', 'PLATEAU_GAIN', 'SAETrainingError', 'check_embeddings', 'data_hash',
-           'sae_from_config', 'lr_at', 'batch_metrics', 'save_checkpoint', 'load_checkpoint', 'latest_checkpoint',
-           'total_steps', 'resample_interval', 'dead_mask', 'resample_due', 'penalty_scales', 'batch_indices',
-           'resample_dead', 'train_sae', 'evaluate_sae', 'folded_weights', 'export_saelens', 'saelens_forward',
-           'export_hub_folder', 'sweep_grid', 'sweep', 'plateau', 'plot_sweep_curves', 'select_sae', 'pareto_front',
-           'plot_pareto', 'plot_training', 'sae_stage_run']
+__all__ = ['SAELENS_ARCH', 'PLATEAU_GAIN', 'SAETrainingError', 'check_embeddings', 'data_hash', 'sae_from_config', 'lr_at',
+           'batch_metrics', 'save_checkpoint', 'load_checkpoint', 'latest_checkpoint', 'total_steps',
+           'resample_interval', 'dead_mask', 'resample_due', 'penalty_scales', 'batch_indices', 'resample_dead',
+           'train_sae', 'evaluate_sae', 'folded_weights', 'export_saelens', 'saelens_forward', 'export_hub_folder',
+           'sweep_grid', 'sweep', 'plateau', 'plot_sweep_curves', 'select_sae', 'pareto_front', 'plot_pareto',
+           'plot_training', 'sae_stage_run']
 
 # %% ../nbs/41_sae_training.ipynb #0bdd6bab
 class SAETrainingError(RuntimeError):
@@ -139,15 +139,12 @@ def dead_mask(since: torch.Tensor, n: int, cfg: SAEConfig) -> torch.Tensor:
         return since > resample_interval(n, cfg) // 2 * cfg.batch_size
     return since >= cfg.dead_window
 
-RESAMPLING_VERSION = 2
-"""The resampling schedule's version (2: dictionary_learning's steps; ours never with less than an interval left). In
-the cache key of a stage whose SAE resamples: an SAE of an older schedule is retrained."""
-
 def resample_due(step: int, total: int, n: int, cfg: SAEConfig) -> bool:
     """Whether dead latents are resampled after the step with 0-based index `step` of a run of `total` steps. As in
     dictionary_learning's trainer: after steps R, 2R, ... (R = `resample_interval`), not after the first. The `ours`
     rule also skips a resampling with fewer than R steps left after it: a resampled latent points at one badly
-    reconstructed input and needs training to become a feature; one resampled at the end ships untrained."""
+    reconstructed input and needs training to become a feature; one resampled at the end ships untrained.
+    A change to these steps bumps `config.RESAMPLING_VERSION`."""
     R = resample_interval(n, cfg)
     if not R or step <= 0 or step % R: return False
     return cfg.resample_rule == "published" or total - 1 - step >= R

@@ -310,12 +310,12 @@ def _resamples(sae) -> bool: return bool(sae.resample_every or sae.resample_epoc
 
 def _sae_external(p) -> dict:
     "The resampling schedule's version when the SAE (or its sweep) resamples dead latents."
-    from medsae.sae_training import RESAMPLING_VERSION
+    from medsae.config import RESAMPLING_VERSION
     return {"resampling": RESAMPLING_VERSION} if _resamples(p.cfg.sae) else {}
 
 def _evaluate_external(p) -> dict:
     "The resampling schedule's version when the ablation trains the SAE as published (it resamples every 10 epochs)."
-    from medsae.sae_training import RESAMPLING_VERSION
+    from medsae.config import RESAMPLING_VERSION
     return {"resampling": RESAMPLING_VERSION} if p.cfg.metrics.ablation and p.cfg.data.dataset != "folder" else {}
 
 def _labels_external(p) -> dict:
