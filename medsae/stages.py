@@ -306,17 +306,16 @@ def _phantom_external(p) -> dict:
     from medsae import phantom, reports
     return {"renderer": phantom.RENDERER_VERSION, "vocabulary": reports.VOCABULARY_VERSION}
 
-def _resamples(sae) -> bool: return bool(sae.resample_every or sae.resample_epochs)
-
-def _sae_external(p) -> dict:
-    "The resampling schedule's version when the SAE (or its sweep) resamples dead latents."
+def _resampling(on: bool) -> dict:
+    "The resampling schedule's version, for a stage whose results come from an SAE that resamples dead latents."
     from medsae.config import RESAMPLING_VERSION
-    return {"resampling": RESAMPLING_VERSION} if _resamples(p.cfg.sae) else {}
+    return {"resampling": RESAMPLING_VERSION} if on else {}
 
-def _evaluate_external(p) -> dict:
-    "The resampling schedule's version when the ablation trains the SAE as published (it resamples every 10 epochs)."
-    from medsae.config import RESAMPLING_VERSION
-    return {"resampling": RESAMPLING_VERSION} if p.cfg.metrics.ablation and p.cfg.data.dataset != "folder" else {}
+def _sae_external(p) -> dict:                        # the SAE (and its sweep) resample when an interval is set
+    return _resampling(bool(p.cfg.sae.resample_every or p.cfg.sae.resample_epochs))
+
+def _evaluate_external(p) -> dict:                   # the ablation's SAE as published resamples every 10 epochs
+    return _resampling(p.cfg.metrics.ablation and p.cfg.data.dataset != "folder")
 
 def _labels_external(p) -> dict:
     from medsae.provenance import cached_sha256
