@@ -230,6 +230,11 @@ class SAEConfig(_Section):
     kernel: Literal["auto", "dense", "sparse"] = Field("auto", description="Training kernels: `sparse` (dense encoder "
                                                        "forward, the rest on the active latents), `dense` (five GEMMs), "
                                                        "`auto` (sparse while the codes are sparse; the same results).")
+    sweep_stack: Literal["auto", "on", "off"] = Field("auto", description="Train the sweep's members of one width as one "
+                                                      "stacked model (batched products, one optimiser step): `auto` on "
+                                                      "a GPU, where it saves each member's kernel launches; on the CPU "
+                                                      "the members' own sparse kernels are faster. The same results to "
+                                                      "floating-point tolerance.")
 
 class MetricsConfig(_Section):
     "Monosemanticity metrics."

@@ -106,14 +106,14 @@ class SAE(nn.Module):
     def config(self) -> dict: return dict(arch=self.arch, d=self.d, m=self.m)
 
 def _aux_loss(sae: SAE, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor, dead: torch.Tensor | None,
-              k_aux: int) -> torch.Tensor:
-    "AuxK: the top k_aux dead latents reconstruct the residual, normalised by its variance."
+              k_aux: int, W_dec: torch.Tensor | None = None) -> torch.Tensor:
+    "AuxK: the top k_aux dead latents reconstruct the residual, normalised by its variance (`W_dec`: else the SAE's)."
     if dead is None or not dead.any(): return x.new_zeros(())
     e = (x - x_hat).detach()
     k = min(k_aux, int(dead.sum()))
     acts = F.relu(pre) * dead
     v, i = acts.topk(k, dim=1)
-    e_hat = torch.zeros_like(acts).scatter_(1, i, v) @ sae.W_dec
+    e_hat = torch.zeros_like(acts).scatter_(1, i, v) @ (sae.W_dec if W_dec is None else W_dec)
     return ((e - e_hat) ** 2).sum(-1).mean() / ((e - e.mean(0)) ** 2).sum(-1).mean().clamp_min(1e-8)
 
 # %% ../nbs/40_sae.ipynb #5a1e0002

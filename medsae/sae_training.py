@@ -5,27 +5,30 @@
 # %% ../nbs/41_sae_training.ipynb #05c7f480
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import SAEConfig
 from .provenance import atomic_path, atomic_write_json, environment_info, sha256_bytes
-from .sae import SAE, Normaliser, build_sae, code_dense
+from .sae import SAE, Normaliser, _aux_loss, build_sae, code_dense
 
 # %% auto #0
-__all__ = ['SAELENS_ARCH', 'PLATEAU_GAIN', 'SAETrainingError', 'check_embeddings', 'data_hash', 'sae_from_config', 'lr_at',
-           'batch_metrics', 'save_checkpoint', 'load_checkpoint', 'latest_checkpoint', 'total_steps',
+__all__ = ['SAELENS_ARCH', 'STACKABLE', 'PLATEAU_GAIN', 'SAETrainingError', 'check_embeddings', 'data_hash', 'sae_from_config',
+           'lr_at', 'batch_metrics', 'save_checkpoint', 'load_checkpoint', 'latest_checkpoint', 'total_steps',
            'resample_interval', 'dead_mask', 'resample_due', 'penalty_scales', 'batch_indices', 'resample_dead',
            'train_sae', 'evaluate_sae', 'folded_weights', 'export_saelens', 'saelens_forward', 'export_hub_folder',
-           'sweep_grid', 'sweep', 'plateau', 'plot_sweep_curves', 'select_sae', 'pareto_front', 'plot_pareto',
-           'plot_training', 'sae_stage_run']
+           'sweep_grid', 'StackedReLULoss', 'StackedSAEs', 'stacking', 'sweep', 'plateau', 'plot_sweep_curves',
+           'select_sae', 'pareto_front', 'plot_pareto', 'plot_training', 'sae_stage_run']
 
 # %% ../nbs/41_sae_training.ipynb #0bdd6bab
 class SAETrainingError(RuntimeError):
@@ -40,7 +43,7 @@ def check_embeddings(x: torch.Tensor, ids=None):
                                f"{' ...' if len(rows) > 20 else ''} ({len(rows)} rows)")
 
 def data_hash(x: torch.Tensor) -> str:
-    return sha256_bytes(x.contiguous().numpy().tobytes())[:16]
+    return sha256_bytes(x.detach().cpu().contiguous().numpy().tobytes())[:16]   # any device
 
 def sae_from_config(cfg: SAEConfig, d: int) -> SAE:
     "The SAE of `cfg` on d-dimensional inputs (the L1 coefficient for ReLU, k and the AuxK weight for the TopK family)."
@@ -118,11 +121,13 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return cks[-1] if cks else None
 
 # %% ../nbs/41_sae_training.ipynb #835ec979
-def _optimizer(sae: SAE, cfg: SAEConfig):
-    "Adam or AdamW, fused where torch has it (CPU, CUDA): one pass per parameter, 5x the per-tensor loop on 2 CPU cores."
-    kw = dict(fused=True) if sae.W_enc.device.type in ("cpu", "cuda") else {}
-    if cfg.optimizer == "adamw": return torch.optim.AdamW(sae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **kw)
-    return torch.optim.Adam(sae.parameters(), lr=cfg.lr, **kw)
+def _optimizer(sae: SAE | list[torch.Tensor], cfg: SAEConfig):
+    """Adam or AdamW over an SAE's parameters (or a list of tensors), fused where torch has it (CPU, CUDA): one pass
+    per parameter, 5x the per-tensor loop on 2 CPU cores."""
+    params = list(sae.parameters()) if isinstance(sae, nn.Module) else list(sae)
+    kw = dict(fused=True) if params[0].device.type in ("cpu", "cuda") else {}
+    if cfg.optimizer == "adamw": return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kw)
+    return torch.optim.Adam(params, lr=cfg.lr, **kw)
 
 def total_steps(n: int, cfg: SAEConfig) -> int:
     return cfg.max_steps or cfg.epochs * max(1, n // cfg.batch_size)
@@ -161,12 +166,16 @@ def _device(cfg: SAEConfig) -> torch.device:
     from medsae.encoders import resolve_device
     return resolve_device(cfg.device)
 
+@functools.lru_cache(maxsize=2)
+def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    "Drawn once an epoch, not once a step (a permutation of 200k rows costs ~2 ms, a GPU step less)."
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
 def batch_indices(n: int, step: int, cfg: SAEConfig, seed: int) -> torch.Tensor:
     "The rows of step `step`: epoch permutations seeded by (seed, epoch); the last partial batch is dropped."
     per = max(1, n // cfg.batch_size)
     epoch, b = divmod(step, per)
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+    return _epoch_permutation(n, seed, epoch)[b * cfg.batch_size:(b + 1) * cfg.batch_size]
 
 @torch.no_grad()
 def resample_dead(sae: SAE, opt, x: torch.Tensor, dead: torch.Tensor, gen: torch.Generator, rule: str = "ours"):
@@ -359,8 +368,98 @@ def sweep_grid(cfg: SAEConfig) -> list[dict]:
     knob = ("l1", cfg.sweep_l1) if cfg.arch == "relu" else ("k", cfg.sweep_k)
     return [{"expansion": e, knob[0]: v} for e in cfg.sweep_expansion for v in knob[1]]
 
+STACKABLE = ("relu", "topk", "batchtopk")
+_PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
+
+class StackedReLULoss(torch.autograd.Function):
+    """The ReLU members' losses (N,) with `ReLUSAELoss`'s hand-written backward, batched over the member axis: autograd
+    would keep the ReLU mask and the squared error as extra (N, B, m) passes, and on a GPU these passes, not the
+    products, bound a stacked step."""
+    @staticmethod
+    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, l1):
+        xc = x.unsqueeze(0) - b_dec.unsqueeze(1)                                   # (N, B, d)
+        f = torch.baddbmm(b_enc.unsqueeze(1), xc, W_enc).clamp_(min=0)           # (N, B, m)
+        e = torch.baddbmm(b_dec.unsqueeze(1), f, W_dec).sub_(x)                  # x_hat - x
+        B = x.shape[0]
+        ctx.save_for_backward(xc, f, e, W_enc, W_dec, l1)
+        return (e * e).sum((1, 2)) / B + l1 * f.sum((1, 2)) / B, f.detach()
+
+    @staticmethod
+    def backward(ctx, g_loss, _):
+        xc, f, e, W_enc, W_dec, l1 = ctx.saved_tensors
+        B = xc.shape[1]
+        ge = e * (2 * g_loss / B).view(-1, 1, 1)                                  # dL/dx_hat
+        gW_dec = f.transpose(1, 2) @ ge
+        gpre = torch.baddbmm((l1 * g_loss / B).view(-1, 1, 1), ge, W_dec.transpose(1, 2)).mul_(f > 0)
+        gW_enc = xc.transpose(1, 2) @ gpre
+        gb_enc = gpre.sum(1)
+        gb_dec = ge.sum(1) - (W_enc @ gb_enc.unsqueeze(-1)).squeeze(-1)
+        return None, gW_enc, gb_enc, gW_dec, gb_dec, None
+
+class StackedSAEs:
+    """Sweep members of one width trained as one model: each parameter stacked on a leading member axis (N, ...), the
+    encoder and decoder products batched (`torch.baddbmm`), one loss (the sum of the members' own, so each member's
+    gradient is its own), the decoder constraint and one fused Adam step over all of them. The members' parameters
+    become views of their slices, so resampling, the held-out curves and the returned SAEs all see the stacked
+    training. Dense products only: this is for a GPU, where a member's step is bound by its ~60 kernel launches."""
+    def __init__(self, members: list[SAE], cfg: SAEConfig):
+        archs = {s.arch for s in members}
+        if len(archs) != 1 or not archs <= set(STACKABLE) or len({(s.d, s.m) for s in members}) != 1:
+            raise ValueError(f"stacked members must share one architecture of {STACKABLE} and one shape")
+        self.members, self.arch = members, members[0].arch
+        self.P = [nn.Parameter(torch.stack([getattr(s, k).detach() for s in members])) for k in _PARAMS]
+        for i, s in enumerate(members):
+            for k, p in zip(_PARAMS, self.P): getattr(s, k).data = p.data[i]
+        dev = self.P[0].device
+        if self.arch == "relu": self.l1 = torch.tensor([s.l1 for s in members], device=dev)
+        self.opt = _optimizer(self.P, cfg)
+
+    def loss(self, x: torch.Tensor, dead: torch.Tensor) -> dict:
+        "Each member's loss on the batch `x` (B, d) (`dead`: (N, m)), as its own `loss` computes it."
+        if self.arch == "relu":
+            loss, f = StackedReLULoss.apply(x, *self.P, self.l1)
+            return dict(loss=loss, f=f)
+        W_enc, b_enc, W_dec, b_dec = self.P
+        pre = torch.baddbmm(b_enc.unsqueeze(1), x.unsqueeze(0) - b_dec.unsqueeze(1), W_enc)       # (N, B, m)
+        f = torch.stack([s.train_activation(pre[i]) for i, s in enumerate(self.members)])         # each its own k
+        x_hat = torch.baddbmm(b_dec.unsqueeze(1), f, W_dec)                                       # (N, B, d)
+        mse = ((x_hat - x) ** 2).sum(-1).mean(-1)
+        aux = [s.auxk_alpha * _aux_loss(s, x, x_hat[i], pre[i], dead[i], s.k_aux, W_dec=W_dec[i])
+               for i, s in enumerate(self.members)]
+        return dict(loss=mse + torch.stack(aux), f=f.detach())
+
+    def opt_view(self, i: int):
+        "The optimiser as `resample_dead` sees it for member `i`: its slices of the Adam moments."
+        st = {}
+        for k, p in zip(_PARAMS, self.P):
+            s = self.opt.state.get(p, {})
+            st[getattr(self.members[i], k)] = {n: s[n][i] for n in ("exp_avg", "exp_avg_sq") if n in s}
+        return SimpleNamespace(state=st)
+
+    def step(self, xb: torch.Tensor, lr: float, dead: torch.Tensor) -> dict:
+        "One training step of every member; returns the members' losses and codes."
+        for g in self.opt.param_groups: g["lr"] = lr
+        out = self.loss(xb, dead)
+        self.opt.zero_grad(set_to_none=True); out["loss"].sum().backward()
+        W_dec = self.P[2]
+        with torch.no_grad():
+            W_dec.grad -= (W_dec.grad * W_dec).sum(-1, keepdim=True) * W_dec        # remove_parallel_grad, each row
+            self.opt.step()
+            W_dec.copy_(F.normalize(W_dec, dim=-1))                                  # renorm_decoder, in place (views)
+        return out
+
+    def release(self):
+        "Give each member its own storage again (the returned SAEs must not share the stack)."
+        for s in self.members:
+            for k in _PARAMS: getattr(s, k).data = getattr(s, k).data.clone()
+
+def stacking(cfg: SAEConfig, dev: torch.device) -> bool:
+    "Whether the sweep stacks its members: `sweep_stack` on, or auto on a GPU (on 2 CPU cores it saved nothing)."
+    return cfg.sweep_stack == "on" or (cfg.sweep_stack == "auto" and dev.type == "cuda")
+
 def sweep(x_train: torch.Tensor, x_valid: torch.Tensor, cfg: SAEConfig, seed: int = 0, progress: bool = True):
-    "Train every grid point on the same batches; returns (table, {name: sae})."
+    """Train every grid point on the same batches; returns (table, {name: sae}). Members of one width are trained as
+    one `StackedSAEs` where `stacking` says so (the table's attrs say which were)."""
     from tqdm.auto import tqdm
     x_train = x_train.float(); check_embeddings(x_train)
     torch.set_num_threads(cfg.threads)
@@ -377,7 +476,15 @@ def sweep(x_train: torch.Tensor, x_valid: torch.Tensor, cfg: SAEConfig, seed: in
         s = sae_from_config(c, d); s.set_normaliser(norm); s.to(dev)
         s.init_from_data(x[batch_indices(n, 0, scfg, seed).to(dev)][:4096])
         name = f"{cfg.arch}-x{p['expansion']}-" + (f"l1={p['l1']:g}" if "l1" in p else f"k={p['k']}")
-        models[name], opts[name] = (s, p), _optimizer(s, c)
+        models[name], opts[name] = (s, p), None
+    stacks = []                                 # (member names, StackedSAEs): one per width
+    if stacking(cfg, dev) and cfg.arch in STACKABLE:
+        for e in cfg.sweep_expansion:
+            names = [k for k, (_, p) in models.items() if p["expansion"] == e]
+            stacks.append((names, StackedSAEs([models[k][0] for k in names], cfg)))
+    stacked = {k for names, _ in stacks for k in names}
+    for name, (s, p) in models.items():
+        if name not in stacked: opts[name] = _optimizer(s, cfg.model_copy(update=p))
     since = {k: torch.zeros(s.m, dtype=torch.long, device=dev) for k, (s, _) in models.items()}
     every = max(1, total // 16)                 # held-out FVE and L0 of every member along the way: the curves
     x_curve = x_valid[:2048]
@@ -388,23 +495,37 @@ def sweep(x_train: torch.Tensor, x_valid: torch.Tensor, cfg: SAEConfig, seed: in
             curves.append(dict(name=name, step=step, **{k: v for k, v in evaluate_sae(s, x_curve).items() if k in ("fve", "l0")}))
             s.train()
         t_curves[0] += time.time() - t
+    def resample(name, s, opt, xb, step):
+        if resample_due(step, total, n, scfg):             # the members are trained as the run's SAE is
+            resample_dead(s, opt, xb, dead_mask(since[name], n, scfg),
+                          torch.Generator().manual_seed(seed * 7919 + step + 1), scfg.resample_rule)
     t0 = time.time()
     for step in tqdm(range(total), desc=f"sweep ({len(models)} SAEs)", unit="step", disable=not progress):
         if step and step % every == 0: record(step)
         xb = x[batch_indices(n, step, scfg, seed).to(dev)]
+        lr = lr_at(step, total, scfg)
+        for names, st in stacks:
+            out = st.step(xb, lr, torch.stack([dead_mask(since[k], n, scfg) for k in names]))
+            if not torch.isfinite(out["loss"]).all():
+                bad = [k for k, v in zip(names, out["loss"].tolist()) if not math.isfinite(v)]
+                raise SAETrainingError(f"sweep model {bad[0]} diverged at step {step}")
+            with torch.no_grad():
+                fired = (out["f"] > 0).any(1)
+                for i, k in enumerate(names): since[k] += len(xb); since[k][fired[i]] = 0
+            for i, k in enumerate(names): resample(k, models[k][0], st.opt_view(i), xb, step)
         for name, (s, p) in models.items():
+            if name in stacked: continue
             opt = opts[name]
-            for g in opt.param_groups: g["lr"] = lr_at(step, total, scfg)
+            for g in opt.param_groups: g["lr"] = lr
             out = s.loss(xb, dead=dead_mask(since[name], n, scfg))
             if not torch.isfinite(out["loss"]): raise SAETrainingError(f"sweep model {name} diverged at step {step}")
             opt.zero_grad(set_to_none=True); out["loss"].backward()
             s.remove_parallel_grad(); opt.step(); s.renorm_decoder()
             with torch.no_grad():
                 since[name] += len(xb); since[name][out["fired"] if "fired" in out else (out["f"] > 0).any(0)] = 0
-            if resample_due(step, total, n, scfg):         # the members are trained as the run's SAE is
-                resample_dead(s, opt, xb, dead_mask(since[name], n, scfg),
-                              torch.Generator().manual_seed(seed * 7919 + step + 1), scfg.resample_rule)
+            resample(name, s, opt, xb, step)
     record(total)
+    for _, st in stacks: st.release()
     secs = time.time() - t0
     rows = []
     cur = pd.DataFrame(curves)
@@ -416,6 +537,7 @@ def sweep(x_train: torch.Tensor, x_valid: torch.Tensor, cfg: SAEConfig, seed: in
     table.attrs["seconds"] = secs
     table.attrs["curve_seconds"] = t_curves[0]       # of which: the held-out curves (a benchmark separates them)
     table.attrs["curves"] = cur
+    table.attrs["stacked"] = sorted(stacked)
     return table, {k: s for k, (s, _) in models.items()}
 
 PLATEAU_GAIN = 0.005

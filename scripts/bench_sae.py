@@ -12,11 +12,11 @@ The ReLU SAE's L0 is set by its training history; to measure each target L0 the 
 initial SAE with b_enc placed so that L0 = target, then train (L0 drifts; the table gives the L0 reached). BatchTopK has L0 = k. FVE and L0
 are measured after training, on the training data (ReLU: inference mode; BatchTopK: batch top-k per batch of B, as
 trained, since the inference threshold after a few steps is not yet settled). `--sweep N` adds the sweep:
-N BatchTopK SAEs (k = 32, 64, ...) in one `sweep` pass against N sequential `train_sae` runs (same kernels), and
-against N sequential dense runs.
+N SAEs (`--sweep-arch`: BatchTopK, k = 32, 64, ...; or ReLU, l1 = 1, 3, 10, ...) in one `sweep` pass, members one by
+one (sparse or dense kernels) or stacked (`sae.sweep_stack on`), against N sequential `train_sae` runs.
 `--crossover` times one ReLU step dense vs sparse over L0 (how SPARSE_MAX_DENSITY was chosen). Asserts nothing.
 
-    python scripts/bench_sae.py [--steps 20] [--l0 32 64 256] [--archs relu batchtopk] [--sweep 4] [--peer-python P]
+    python scripts/bench_sae.py [--steps 20] [--l0 32 64 256] [--archs relu batchtopk] [--sweep 4 [--sweep-arch relu]] [--peer-python P]
 """
 import argparse
 import json
@@ -40,7 +40,8 @@ ap.add_argument("--l0", type=int, nargs="+", default=[32, 64, 256])
 ap.add_argument("--archs", nargs="+", default=["relu", "batchtopk"])
 ap.add_argument("--device", default="cpu", help="cpu or cuda (peers run on the CPU only)")
 ap.add_argument("--no-bare", action="store_true", help="skip the bare autograd loop")
-ap.add_argument("--sweep", type=int, default=0, help="also time a sweep of N BatchTopK SAEs (one pass vs N runs)")
+ap.add_argument("--sweep", type=int, default=0, help="also time a sweep of N SAEs (one pass vs N runs; stacked or not)")
+ap.add_argument("--sweep-arch", default="batchtopk", choices=["relu", "batchtopk"], help="the sweep's architecture")
 ap.add_argument("--crossover", action="store_true", help="also time one ReLU step dense vs sparse over L0")
 ap.add_argument("--json", help="write the rows here too")
 ap.add_argument("--peer-python", help="a throwaway venv's python with sae-lens / dictionary-learning / overcomplete")
@@ -174,33 +175,36 @@ for r in rows:
           f"{r['samples_per_s'] / r['bound']:.2f} | {fv} | {l0r} |")
 
 if args.sweep:
-    # N BatchTopK SAEs at 8192 latents (k = 32, 64, 128, ...) sharing the data: one `sweep` pass vs N train_sae runs
-    n = args.sweep
-    ks = [32 * 2 ** i for i in range(n)]
-    base = SAEConfig(arch="batchtopk", batch_size=B, sweep_epochs=1, sweep_expansion=[m // d], sweep_k=ks, lr=3e-4,
-                     threads=args.threads, device=args.device)
+    # N SAEs at m latents sharing the data (BatchTopK: k = 32, 64, ...; ReLU: l1 = 1, 3, 10, ...): one `sweep` pass,
+    # members one by one (sparse or dense kernels) or stacked (`sae.sweep_stack`, dense products), vs N train_sae runs
+    n, arch = args.sweep, args.sweep_arch
+    vals = [32 * 2 ** i for i in range(n)] if arch == "batchtopk" else [(1, 3)[i % 2] * 10 ** (i // 2) for i in range(n)]
+    knob = "k" if arch == "batchtopk" else "l1"
+    base = SAEConfig(arch=arch, batch_size=B, sweep_epochs=1, sweep_expansion=[m // d], lr=3e-4, threads=args.threads,
+                     device=args.device, **{f"sweep_{knob}": vals})
     Xs = X[: B * S]                                      # one epoch of S steps
-    res = {}
+    seq, res = {}, {}
     for kernel in ("sparse", "dense"):
-        c = base.model_copy(update=dict(kernel=kernel))
-        t = time.perf_counter(); tab, _ = sweep(Xs, X[:2048], c, progress=False); t_sweep = time.perf_counter() - t
         t = time.perf_counter()
-        for k in ks:
-            s1, _ = train_sae(Xs, c.model_copy(update=dict(k=k, max_steps=S, log_every=S)), progress=False)
+        for v in vals:
+            s1, _ = train_sae(Xs, base.model_copy(update={"kernel": kernel, knob: v, "max_steps": S, "log_every": S}), progress=False)
             evaluate_sae(s1, X[:2048])
-        t_seq = time.perf_counter() - t
-        res[kernel] = (t_sweep, t_seq, tab)
-    ts, tq, tab = res["sparse"]
-    print(f"\nsweep of {n} BatchTopK SAEs ({m} latents, k {ks}, {S} steps each, held-out L0 after: "
-          f"{', '.join(f'{v:.0f}' for v in tab['l0'])}); the one pass also records every member's held-out curve "
-          f"(FVE and L0 on 2,048 rows at up to 17 points), which the separate runs do not:")
-    print(f"| | one pass, s | of which curves, s | {n} separate runs, s | one pass / separate | "
-          f"one pass without curves / separate |")
-    print("|---|---|---|---|---|---|")
-    for k, (a, b, t) in res.items():
+        seq[kernel] = time.perf_counter() - t
+    for label, kernel, stack in (("one by one, sparse kernels", "sparse", "off"), ("one by one, dense kernels", "dense", "off"),
+                                 ("stacked (dense products)", "dense", "on")):
+        c = base.model_copy(update=dict(kernel=kernel, sweep_stack=stack))
+        t = time.perf_counter(); tab, _ = sweep(Xs, X[:2048], c, progress=False); res[label] = (time.perf_counter() - t, tab)
+    best = min(seq.values())
+    print(f"\nsweep of {n} {arch} SAEs ({m} latents, {knob} {vals}, {S} steps each, held-out L0 after: "
+          f"{', '.join(f'{v:.0f}' for v in res['stacked (dense products)'][1]['l0'])}); {n} separate runs: "
+          f"{seq['sparse']:.1f} s with sparse kernels, {seq['dense']:.1f} s dense. The one pass also records every "
+          f"member's held-out curve (FVE and L0 on 2,048 rows at up to 17 points), which the separate runs do not:")
+    print(f"| one pass | s | of which curves, s | / fastest separate runs | without the curves / fastest separate |")
+    print("|---|---|---|---|---|")
+    for label, (a, t) in res.items():
         cs = t.attrs["curve_seconds"]
-        print(f"| kernel {k} | {a:.1f} | {cs:.1f} | {b:.1f} | {a / b:.2f} | {(a - cs) / b:.2f} |")
-    # what stacking the members' encoder products into one GEMM would save (the step's one dense product)
+        print(f"| {label} | {a:.1f} | {cs:.1f} | {a / best:.2f} | {(a - cs) / best:.2f} |")
+    # what stacking the members' encoder products into one GEMM saves (the step's one dense product)
     xb = torch.randn(B, d, device=dev); Ws = [torch.randn(d, m, device=dev) for _ in range(n)]; Wst = torch.cat(Ws, 1)
     def timed(f, reps=10):
         f(); sync(); t = time.perf_counter()

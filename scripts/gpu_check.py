@@ -104,6 +104,41 @@ sep, st = rate(lambda: [torch.mm(x, w) for w in Ws]), rate(lambda: torch.mm(x, W
 row("sweep encoder products, 4 separate GEMMs", f"d {d_}, m {m_} x 4, batch {B}", sep, "samples/s")
 row("sweep encoder products, one stacked GEMM", f"d {d_}, m {4 * m_}, batch {B}", st, "samples/s", f"{st / sep:.2f} x separate")
 
+# a sweep of 4 members at the paper's shapes (one epoch of S steps each): 4 separate train_sae runs, one sweep pass
+# with the members one by one, and one pass with them stacked (`sae.sweep_stack`); training loops only (setup, the
+# held-out curves and the final evaluation excluded), and the whole call as a user sees it
+from medsae.config import SAEConfig
+from medsae.sae_training import sweep, train_sae
+
+Xs = torch.randn(B * S, d_, device=dev) @ torch.randn(d_, d_, device=dev) / d_ ** 0.5 + 1
+Xv = torch.randn(2048, d_, device=dev) @ torch.randn(d_, d_, device=dev) / d_ ** 0.5 + 1
+for arch, knob in (("relu", dict(sweep_l1=[1.0, 3.0, 10.0, 30.0])), ("batchtopk", dict(sweep_k=[k // 2, k, 2 * k, 4 * k]))):
+    base = SAEConfig(arch=arch, batch_size=B, sweep_epochs=1, epochs=1, sweep_expansion=[m_ // d_], lr=3e-4,
+                     device=str(dev), threads=torch.get_num_threads(), log_every=10 ** 6, checkpoint_every=0, **knob)
+    members = base.sweep_l1 if arch == "relu" else base.sweep_k
+    sweep(Xs[: B * 3], Xv, base.model_copy(update=dict(sweep_stack="on")), progress=False)     # warm every kernel
+    sync(); t = time.perf_counter(); loop = 0.0
+    for v in members:
+        _, log = train_sae(Xs, base.model_copy(update=dict(expansion=m_ // d_, **({"l1": v} if arch == "relu" else {"k": v}))), progress=False)
+        loop += S * B / float(log.samples_per_s.iloc[-1])
+    sync(); sep_wall = time.perf_counter() - t
+    row(f"sweep {arch}, {len(members)} separate runs", f"d {d_}, m {m_}, batch {B}, {S} steps", len(members) * S * B / loop,
+        "member-samples/s", f"loop {loop:.2f} s, call {sep_wall:.2f} s")
+    got = {}
+    for st in ("off", "on"):
+        sync(); t = time.perf_counter()
+        tab, ms = got[st] = sweep(Xs, Xv, base.model_copy(update=dict(sweep_stack=st)), progress=False)
+        sync(); wall = time.perf_counter() - t
+        lp = tab.attrs["seconds"] - tab.attrs["curve_seconds"]
+        same = ""
+        if st == "on":     # the same members either way, to floating-point tolerance
+            (t0_, m0), (t1_, m1) = got["off"], got["on"]
+            dw = max(float((m0[n].W_dec - m1[n].W_dec).detach().abs().max()) for n in m0)
+            same = f"; vs one by one: max |dW_dec| {dw:.1e}, max |dFVE| {float((t0_.fve - t1_.fve).abs().max()):.1e}"
+        row(f"sweep {arch}, one pass, {'stacked' if st == 'on' else 'one by one'}", f"{len(members)} members, {S} steps",
+            len(members) * S * B / lp, "member-samples/s",
+            f"loop {lp:.2f} s ({lp / loop:.2f} of separate), call {wall:.2f} s ({wall / sep_wall:.2f}){same}")
+
 # (3) the naming path on a tiny Gemma 3
 from PIL import Image
 

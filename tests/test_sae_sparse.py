@@ -90,5 +90,14 @@ def test_gpu_check_runs_quick_on_cpu():
                        capture_output=True, text=True, env=dict(os.environ, PYTHON=sys.executable), timeout=480)
     assert r.returncode == 0, r.stderr[-2000:]
     table = [l for l in r.stdout.splitlines() if l.startswith("| ") and not l.startswith("| what")]
-    assert len(table) == 10 and "SAE relu sparse" in r.stdout and "4/4 answered" in r.stdout, r.stdout
+    assert len(table) == 16 and "SAE relu sparse" in r.stdout and "4/4 answered" in r.stdout, r.stdout
     assert "one stacked GEMM" in r.stdout and "x separate" in r.stdout, r.stdout
+    # the sweep rows: separate runs, one pass one by one, one pass stacked, for each architecture; stacked members
+    # end where the one-by-one members end
+    import re
+    for arch in ("relu", "batchtopk"):
+        rows = [l for l in table if l.startswith(f"| sweep {arch},")]
+        assert [l.split(" | ")[0] for l in rows] == [f"| sweep {arch}, 4 separate runs", f"| sweep {arch}, one pass, one by one",
+                                                     f"| sweep {arch}, one pass, stacked"], rows
+        dw, dfve = map(float, re.search(r"max \|dW_dec\| (\S+), max \|dFVE\| (\S+) \|", rows[-1]).groups())
+        assert dw < 1e-4 and dfve < 1e-4, rows[-1]
