@@ -226,7 +226,7 @@ class SAEConfig(_Section):
     sweep_k: list[int] = Field([32, 64, 128], description="Sweep grid: k (TopK family).")
     sweep_epochs: int = Field(20, ge=1, description="Epochs of each sweep model (its held-out FVE curve is recorded "
                               "and each member's plateau verdict is in the sweep table).")
-    target_l0: float = Field(64, gt=0, description="Selection rule: the best FVE among SAEs with L0 <= target_l0.")
+    target_l0: float = Field(64.0, gt=0, description="Selection rule: the best FVE among SAEs with L0 <= target_l0.")
     kernel: Literal["auto", "dense", "sparse"] = Field("auto", description="Training kernels: `sparse` (dense encoder "
                                                        "forward, the rest on the active latents), `dense` (five GEMMs), "
                                                        "`auto` (sparse while the codes are sparse; the same results).")
@@ -259,8 +259,8 @@ class MetricsConfig(_Section):
         "ours", description="Detector table of the evaluate stage: `ours` (per label, the unit with the best detector "
         "F1, no window) or `published` (units with detector_l0_min < l0 < detector_l0_max, ranked by the precision of "
         "their best label; l0 = firing images / detector_top, as chexpert_score.py).")
-    detector_l0_min: float = Field(15, ge=0, description="Published detector: lower bound of the l0 window (images).")
-    detector_l0_max: float = Field(300, gt=0, description="Published detector: upper bound of the l0 window (images).")
+    detector_l0_min: float = Field(15.0, ge=0, description="Published detector: lower bound of the l0 window (images).")
+    detector_l0_max: float = Field(300.0, gt=0, description="Published detector: upper bound of the l0 window (images).")
     ablation: bool = Field(True, description="Also write the ablation table (evaluate/ablation.csv): the headline "
                            "with one published choice switched at a time (-1 coding, 8 labels, in-sample best unit, "
                            "the SAE trained the published way; trains one more SAE).")
