@@ -401,7 +401,8 @@ class StackedSAEs:
     encoder and decoder products batched (`torch.baddbmm`), one loss (the sum of the members' own, so each member's
     gradient is its own), the decoder constraint and one fused Adam step over all of them. The members' parameters
     become views of their slices, so resampling, the held-out curves and the returned SAEs all see the stacked
-    training. Dense products only: this is for a GPU, where a member's step is bound by its ~60 kernel launches."""
+    training. Dense products only: this is for a GPU, where a member trained alone also pays its own kernel launches,
+    host reads of its loss and elementwise passes (an H200: 2.35 ms a member-step alone, 1.39 stacked, 0.89 the GEMMs)."""
     def __init__(self, members: list[SAE], cfg: SAEConfig):
         archs = {s.arch for s in members}
         if len(archs) != 1 or not archs <= set(STACKABLE) or len({(s.d, s.m) for s in members}) != 1:
