@@ -232,9 +232,10 @@ class SAEConfig(_Section):
                                                        "`auto` (sparse while the codes are sparse; the same results).")
     sweep_stack: Literal["auto", "on", "off"] = Field("auto", description="Train the sweep's members of one width as one "
                                                       "stacked model (batched products, one optimiser step): `auto` on "
-                                                      "a GPU, where it saves each member's kernel launches; on the CPU "
-                                                      "the members' own sparse kernels are faster. The same results to "
-                                                      "floating-point tolerance.")
+                                                      "a GPU, where each member alone pays its own launches, loss reads "
+                                                      "and passes; on 2 CPU cores stacking was no faster than the "
+                                                      "members' own kernels. The same results to floating-point "
+                                                      "tolerance.")
 
 class MetricsConfig(_Section):
     "Monosemanticity metrics."

@@ -470,22 +470,20 @@ def sweep(x_train: torch.Tensor, x_valid: torch.Tensor, cfg: SAEConfig, seed: in
     x = norm(x_train).to(dev)
     scfg = cfg.model_copy(update=dict(epochs=cfg.sweep_epochs, max_steps=None))
     total = total_steps(n, scfg)
-    models, opts = {}, {}
+    models = {}
     for p in sweep_grid(cfg):
         torch.manual_seed(seed)
-        c = cfg.model_copy(update=p)
-        s = sae_from_config(c, d); s.set_normaliser(norm); s.to(dev)
+        s = sae_from_config(cfg.model_copy(update=p), d); s.set_normaliser(norm); s.to(dev)
         s.init_from_data(x[batch_indices(n, 0, scfg, seed).to(dev)][:4096])
         name = f"{cfg.arch}-x{p['expansion']}-" + (f"l1={p['l1']:g}" if "l1" in p else f"k={p['k']}")
-        models[name], opts[name] = (s, p), None
+        models[name] = (s, p)
     stacks = []                                 # (member names, StackedSAEs): one per width
     if stacking(cfg, dev) and cfg.arch in STACKABLE:
         for e in cfg.sweep_expansion:
             names = [k for k, (_, p) in models.items() if p["expansion"] == e]
             stacks.append((names, StackedSAEs([models[k][0] for k in names], cfg)))
     stacked = {k for names, _ in stacks for k in names}
-    for name, (s, p) in models.items():
-        if name not in stacked: opts[name] = _optimizer(s, cfg.model_copy(update=p))
+    opts = {k: _optimizer(s, cfg.model_copy(update=p)) for k, (s, p) in models.items() if k not in stacked}
     since = {k: torch.zeros(s.m, dtype=torch.long, device=dev) for k, (s, _) in models.items()}
     every = max(1, total // 16)                 # held-out FVE and L0 of every member along the way: the curves
     x_curve = x_valid[:2048]
