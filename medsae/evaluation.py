@@ -428,9 +428,12 @@ def polysemanticity(auc: np.ndarray, min_auroc: float = 0.75) -> dict:
 
 # %% ../nbs/52_evaluation.ipynb #45dbf3c1
 def ground_truth_table(sae_acts, raw_acts, concepts: Concepts, min_auroc: float = 0.9, margin: float = 0.1,
-                       probe: np.ndarray | None = None) -> tuple[pd.DataFrame, dict]:
+                       probe: np.ndarray | None = None, probe_recon: np.ndarray | None = None,
+                       probe_residual: np.ndarray | None = None) -> tuple[pd.DataFrame, dict]:
     """The recovered-concept table (SAE latents vs raw dimensions) and the summary rates; with `probe` (the probe
-    ceiling per concept), also the rates among the **encodable** concepts (probe AUROC >= `min_auroc`)."""
+    ceiling per concept), also the rates among the **encodable** concepts (probe AUROC >= `min_auroc`). With
+    `probe_recon` / `probe_residual` (the same probe on the SAE's reconstruction x_hat and on the residual x - x_hat),
+    also which encodable concepts the SAE reconstructs at all (a concept only in its residual can have no latent)."""
     from sklearn.metrics import average_precision_score
     auc_s, auc_r = auroc_matrix(sae_acts, concepts.y), auroc_matrix(raw_acts, concepts.y)
     rs = concept_recovery(auc_s, concepts.names, min_auroc, margin, [n in concepts.levels for n in concepts.names])
@@ -478,6 +481,15 @@ def ground_truth_table(sae_acts, raw_acts, concepts: Concepts, min_auroc: float 
                        sae_recovery_of_encodable=float(enc.sae_recovered.mean()) if len(enc) else None,
                        raw_recovery_of_encodable=float(enc.raw_recovered.mean()) if len(enc) else None,
                        probe_rule=f"logistic-regression probe on every unit, AUROC >= {min_auroc} on the metric split")
+        if probe_recon is not None:
+            pos = 5
+            for col, v in (("recon_probe_auroc", probe_recon), ("residual_probe_auroc", probe_residual)):
+                if v is not None: t.insert(pos, col, np.asarray(v, dtype=float)); pos += 1
+            inr = t.encodable & (t.recon_probe_auroc >= min_auroc)
+            summary.update(reconstructed_encodable=int(inr.sum()),
+                           not_reconstructed=list(t.concept[t.encodable & ~inr]),
+                           sae_recovered_or_split_reconstructed=int(either("sae")[inr].sum()),
+                           recon_rule=f"the same probe on the SAE's reconstruction x_hat, AUROC >= {min_auroc}")
     return t, dict(summary, auc_sae=auc_s, auc_raw=auc_r)
 
 # %% ../nbs/52_evaluation.ipynb #29b2cd81
@@ -556,9 +568,10 @@ def paper_table(tab: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
 # %% ../nbs/52_evaluation.ipynb #738f01d5
 def evaluation_stage_run(act_dir: str | Path, store_path: str | Path, out: str | Path, cfg, labels: Sequence[str],
                          policy, seed: int = 0, phantom_dir: str | Path | None = None, progress: bool = True,
-                         subset_order: str = "shuffled") -> dict:
+                         subset_order: str = "shuffled", sae_dir: str | Path | None = None) -> dict:
     """Monosemanticity of SAE latents vs raw dimensions on `cfg.split` (best units also chosen on `valid`), with
-    intervals and the null; the ground-truth tables when `phantom_dir` is a PhantomCXR set. `cfg`: MetricsConfig."""
+    intervals and the null; the ground-truth tables when `phantom_dir` is a PhantomCXR set. `cfg`: MetricsConfig.
+    `sae_dir`: the exported SAE whose codes these are (SAELens folder), for the probes on its reconstruction."""
     from medsae.activations import load_activations
     from medsae.data import label_matrix, save_figure, write_table
     from medsae.extract import EmbeddingStore
@@ -588,10 +601,11 @@ def evaluation_stage_run(act_dir: str | Path, store_path: str | Path, out: str |
         warnings.warn(f"labels {const} are constant on the {len(y)} images of split {cfg.split!r}: left out of the metrics")
         keep = [i for i, l in enumerate(labels) if l not in const]
         labels, y, m = tuple(labels[i] for i in keep), y[:, keep], m[:, keep]
-    sel = None
+    sel = fit = None
     sel_split = "valid" if cfg.split != "valid" else "train"
     if acts.split(sel_split).meta.exists():
         As, Xs, idx_s, ys, ms = split(sel_split)
+        fit = (Xs, As)                  # the probes' training images, even where a label is too rare to select on
         if (((ys * ms).sum(0) == 0) | (((1 - ys) * ms).sum(0) == 0)).any(): As = None      # too small to select on
         sel = ({"raw": Xs, "sae": As}, ys, ms) if As is not None else None
     mask = None if m.all() else m
@@ -637,13 +651,21 @@ def evaluation_stage_run(act_dir: str | Path, store_path: str | Path, out: str |
         missing = set(idx["Path"]) - set(gt.index)
         if missing: raise MetricError(f"{len(missing)} images of the {cfg.split} split are not in {gt_file}, e.g. {sorted(missing)[:2]}")
         concepts = phantom_concepts(gt.loc[idx["Path"]].reset_index())
-        probe = None
-        if sel is not None:                                 # the probe ceiling: trained on the selection split
+        probe = probe_recon = probe_res = None
+        if fit is not None:                                 # the probe ceiling: trained on the selection split
             idx_s = store.split(sel_split)[1]
             cs = phantom_concepts(gt.loc[idx_s["Path"]].reset_index(), min_pos=0)
             ys_c = np.column_stack([cs.y[:, cs.names.index(n)] for n in concepts.names])
-            probe = probe_ceiling(sel[0]["raw"], ys_c, X, concepts.y)
-        gtt, gs = ground_truth_table(A, X, concepts, cfg.recovery_auroc, cfg.recovery_margin, probe)
+            probe = probe_ceiling(fit[0], ys_c, X, concepts.y)
+            if sae_dir is not None:                         # what the SAE reconstructs, and what it leaves out
+                from medsae.activations import ExportedSAE
+                sae = ExportedSAE.load(sae_dir)
+                W, b = sae.W_dec.numpy().astype(np.float64), sae.b_dec.numpy().astype(np.float64)
+                hat_s, hat = sp.csr_matrix(fit[1]) @ W + b, sp.csr_matrix(A) @ W + b
+                probe_recon = probe_ceiling(hat_s, ys_c, hat, concepts.y)
+                probe_res = probe_ceiling(np.asarray(fit[0], dtype=np.float64) - hat_s, ys_c,
+                                          np.asarray(X, dtype=np.float64) - hat, concepts.y)
+        gtt, gs = ground_truth_table(A, X, concepts, cfg.recovery_auroc, cfg.recovery_margin, probe, probe_recon, probe_res)
         write_table(gtt.round(4), out.recovery)
         np.save(out.concept_auroc, gs.pop("auc_sae").astype(np.float32)); gs.pop("auc_raw")
         atomic_write_json(out.concepts, dict(names=concepts.names, kinds=concepts.kinds, phrases=concepts.phrases,

@@ -228,6 +228,15 @@ def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "", l
                       f"SAE latents carry {g['sae_recovered_or_split_encodable']} of the {enc_} encodable concepts "
                       f"({g['sae_recovered_or_split_encodable'] / max(enc_, 1):.0%}), single raw dimensions "
                       f"{g['raw_recovered_or_split_encodable']} ({g['raw_recovered_or_split_encodable'] / max(enc_, 1):.0%}).", ""]
+            if g.get("reconstructed_encodable") is not None:
+                k_, nr = g["reconstructed_encodable"], g["not_reconstructed"]
+                L += [f"**What the SAE reconstructs**: {g['recon_rule']} (`recon_probe_auroc`; `residual_probe_auroc`: the "
+                      f"same probe on the residual x - x_hat), trained on the selection split's reconstructions, finds {k_} "
+                      f"of the {enc_} encodable concepts. "
+                      + (f"The other {len(nr)} ({', '.join(nr)}) are in what the SAE leaves out of the embedding, "
+                         "so no latent can carry them. " if nr else "")
+                      + f"Of the {k_} it reconstructs, SAE latents carry {g['sae_recovered_or_split_reconstructed']} "
+                      f"({g['sae_recovered_or_split_reconstructed'] / max(k_, 1):.0%}) whole or by parts.", ""]
         if g.get("levels") and R.evaluate.recovery.exists():
             rc = pd.read_csv(R.evaluate.recovery)
             inv = rc[rc.sae_detects != rc.concept] if "sae_detects" in rc else rc.iloc[:0]

@@ -197,7 +197,7 @@ def _evaluate(p, run) -> dict:
     phantom = data_root(cfg) if cfg.data.dataset == "phantom" else None
     summary = evaluation_stage_run(p.layout.activations, p.layout.extract.store, run.path, cfg.metrics,
                                    cfg.metric_labels, label_policy(cfg), cfg.run.seed, phantom,
-                                   subset_order=cfg.data.subset_order)
+                                   subset_order=cfg.data.subset_order, sae_dir=p.layout.sae.saelens)
     if cfg.metrics.ablation:
         from medsae.ablation import ablation_run
         tab = ablation_run(p.layout.activations, p.layout.extract.store, run.path, cfg, cfg.run.seed, progress=True)

@@ -46,6 +46,7 @@ def test_reproduce_default(tmp_path):
     assert met["labels"][0] == "No Finding" and met["policy"]["uncertain"] == "u_zeros"
     assert len(met["labels"]) + len(met["dropped_labels"]) == 14     # a label with no positive test image is dropped, named
     assert set(met["comparison"]) == {"raw", "sae", "sae - raw"} and met["ground_truth"]["concepts"] > 10
+    check_reconstruction_probes(run, met["ground_truth"])
     names = figures.of("name", run.name_stage.names).read_text()
     assert "vocabulary" in names and "enrichment" in names
     ne = prov(run.score_names)["record"]
@@ -77,3 +78,39 @@ def test_reproduce_default(tmp_path):
     for st in ("phantom", "labels", "encoder", "extract", "sae", "activations"): assert f"[{st}] up to date" in changed
     assert "[evaluate] up to date" not in changed and "metrics.entropy_threshold: 0.2 there, 0.25 here" in changed
     assert "[report] up to date" not in changed
+    import subprocess, sys                              # the architecture comparison script on this run
+    arch = subprocess.run([sys.executable, str(ROOT / "scripts" / "recovery_by_arch.py"), "--run", str(run.path),
+                           "--archs", "relu,topk", "--steps", "2"], capture_output=True, text=True, cwd=ROOT)
+    assert arch.returncode == 0, arch.stderr[-2000:]
+    lines = arch.stdout.splitlines()
+    assert "concepts encodable" in lines[0] and [l.split(":")[0].strip() for l in lines[1:]] == ["relu", "topk"], lines
+    assert all(f"of {met['ground_truth']['encodable']} encodable" in l for l in lines[1:]), lines
+
+
+def check_reconstruction_probes(run, g):
+    """The evaluate stage's probes on the SAE's reconstruction and residual, recomputed here from the exported SAE
+    (encode and decode in torch, not the stored sparse codes) and the embedding store's valid (fit) and test splits."""
+    import pandas as pd
+    import torch
+    from medsae.activations import ExportedSAE
+    from medsae.evaluation import phantom_concepts, probe_ceiling
+    from medsae.extract import EmbeddingStore
+    from medsae.layout import DatasetFolder
+    t = pd.read_csv(run.evaluate.recovery)
+    assert {"recon_probe_auroc", "residual_probe_auroc"} <= set(t.columns) and g["reconstructed_encodable"] <= g["encodable"]
+    sae, store = ExportedSAE.load(run.sae.saelens), EmbeddingStore(run.extract.store)
+    gt = pd.read_csv(DatasetFolder(run.phantom).ground_truth, low_memory=False).set_index("Path")
+    (xv, iv), (xt, it) = store.split("valid"), store.split("test")
+    ys = lambda idx: (lambda c: np.column_stack([c.y[:, c.names.index(n)] for n in t.concept]))(
+        phantom_concepts(gt.loc[idx["Path"]].reset_index(), min_pos=0))
+    with torch.no_grad():
+        hat = lambda x: sae.decode(sae.encode(torch.as_tensor(np.asarray(x)))).numpy().astype(np.float64)
+        hv, ht = hat(xv), hat(xt)
+    rec = probe_ceiling(hv, ys(iv), ht, ys(it))
+    res = probe_ceiling(np.asarray(xv, dtype=np.float64) - hv, ys(iv), np.asarray(xt, dtype=np.float64) - ht, ys(it))
+    ok = np.isfinite(rec)
+    assert ok.sum() >= 5 and np.allclose(t.recon_probe_auroc[ok], rec[ok], atol=0.02), (t.recon_probe_auroc.values, rec)
+    assert np.allclose(t.residual_probe_auroc[ok], res[ok], atol=0.02), (t.residual_probe_auroc.values, res)
+    assert not np.allclose(rec[ok], res[ok], atol=0.02)               # the two probes see different things
+    inr = t.encodable & (t.recon_probe_auroc >= 0.9)
+    assert g["reconstructed_encodable"] == int(inr.sum()) and g["not_reconstructed"] == list(t.concept[t.encodable & ~inr])
