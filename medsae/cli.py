@@ -150,8 +150,8 @@ def cmd_reproduce(args) -> int:
 def cmd_pipeline(args) -> int:
     from medsae.stages import run_notebooks
     _cfg(args)                                       # a bad config fails here, before any notebook starts
-    done = run_notebooks(args.config, list(args.overrides), args.figures, args.only)
-    print(f"\npipeline finished: {len(done)} notebooks executed into {done[0].parent if done else '-'}; figures, "
+    done = run_notebooks(args.config, list(args.overrides), args.figures, args.only, rerun=args.rerun)
+    print(f"\npipeline finished: {len(done)} executed notebooks in {done[0].parent if done else '-'}; figures, "
           f"tables and RESULTS.md in {Path(args.figures).resolve()}")
     return 0
 
@@ -287,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--figures", default="figures", metavar="DIR", help="tables and figures folder (default %(default)s)")
         if name == "pipeline":
             p.add_argument("--only", action="append", metavar="NN", help="run only this notebook (number or stage), repeatable")
+            p.add_argument("--rerun", action="store_true", help="execute every notebook again, even one whose executed "
+                           "copy is current (same notebook, config, stage results, code and packages)")
         _add_config_args(p)
         p.set_defaults(func=func)
     p = sub.add_parser("config", help="show the resolved config or list every config field",

@@ -17,7 +17,8 @@ from .layout import FiguresFolder, RunLayout, sibling
 # %% auto #0
 __all__ = ['STAGES', 'STAGE', 'COMMANDS', 'Stage', 'data_root', 'label_policy', 'encoder_weights', 'dataset_tables',
            'dataset_splits', 'dataset_frame', 'check_splits', 'run_encoder', 'memo_text_encoder', 'StaleResult',
-           'Pipeline', 'reproduce', 'NotebookStage', 'notebook_stage', 'pipeline_notebooks', 'run_notebooks']
+           'Pipeline', 'reproduce', 'NotebookStage', 'notebook_stage', 'pipeline_notebooks', 'notebook_key',
+           'run_notebooks']
 
 # %% ../nbs/89_stages.ipynb #84bb1471
 @dataclass(frozen=True)
@@ -545,30 +546,66 @@ def pipeline_notebooks() -> list[Path]:
                                   "(use `medsae reproduce` elsewhere)")
     return nbs
 
+def notebook_key(nb: str | Path, cfg: Config, params: dict, figures: str | Path = "figures") -> dict | None:
+    """What an executed pipeline notebook shows depends on: its source, its parameters, the config, the cache keys of
+    the stages it runs (all up to date, else None: it must run them), the package's code and the key packages' versions.
+    Returns those parts and their hash (`key`); the stage folders are published into `figures` on the way."""
+    import medsae
+    from medsae.provenance import hash_config, package_versions, sha256_bytes
+    stage = Path(nb).stem.split("_", 1)[1].replace("_", "-")
+    target = "score-names" if stage == "explore" else stage
+    p = Pipeline(cfg, figures, log=lambda *a: None)
+    stages = {}
+    for st in STAGES[: [s.name for s in STAGES].index(target) + 1]:
+        if not p.applies(st.name): continue
+        if p.stale(st.name): return None
+        p.done[st.name] = Path(p.layout.stage(st.name)); stages[st.name] = p.key(st.name)
+    code = Path(medsae.__file__).parent
+    parts = dict(notebook=sha256_bytes(Path(nb).read_bytes()), params=params, config=hash_config(cfg), stages=stages,
+                 code=sha256_bytes(b"".join(f.name.encode() + f.read_bytes() for f in sorted(code.glob("*.py")))),
+                 packages=package_versions())
+    for n in stages: p.publish(n)
+    return dict(parts, key=hash_config(parts))
+
 def run_notebooks(config: str | None, overrides: list[str], figures: str = "figures",
-                  only: list[str] | None = None, log: Callable = print) -> list[Path]:
-    "Execute the pipeline notebooks with Papermill in order; executed copies go to runs/<name>/notebooks/."
-    import time
+                  only: list[str] | None = None, log: Callable = print, rerun: bool = False) -> list[Path]:
+    """Execute the pipeline notebooks with Papermill in order; executed copies go to runs/<name>/notebooks/. A notebook
+    whose executed copy was made from the same source, parameters, config, stage results, code and packages
+    (`notebook_key`, kept beside the copy as `<stem>.key.json`) is not executed again unless `rerun`: a warm run
+    re-publishes the tables and figures and returns at once. Returns the executed copies, current or remade."""
+    import json, time
     import papermill as pm
+    from medsae.provenance import atomic_write_json
     cfg = load_config(config, overrides)
     out = RunLayout(cfg.run_dir).notebooks; out.mkdir(parents=True, exist_ok=True)
-    done = []
+    done, made = [], []
     for nb in pipeline_notebooks():
         stage = nb.stem.split("_", 1)[1].replace("_", "-")
         if only and not any(nb.stem.startswith(o) or o in (stage, nb.stem.split("_", 1)[1]) for o in only): continue
         t0 = time.time()
-        log(f"[pipeline] {nb.name}")
         params = dict(config=str(Path(config).resolve()) if config else None, overrides=list(overrides),
                       figures=str(Path(figures).resolve()))
         if stage == "explore": params["static"] = True      # an executed copy is read without a kernel
+        sidecar = out / f"{nb.stem}.key.json"
+        if not rerun and sidecar.exists() and (out / nb.name).exists():
+            key = notebook_key(nb, cfg, params, figures)
+            if key is not None and json.loads(sidecar.read_text()).get("key") == key["key"]:
+                log(f"[pipeline] {nb.name} up to date (same notebook, config, stage results, code): {out / nb.name}")
+                done.append(out / nb.name); continue
+        log(f"[pipeline] {nb.name}")
+        sidecar.unlink(missing_ok=True)                   # an interrupted execution leaves no key: it runs again
         try: pm.execute_notebook(str(nb), str(out / nb.name), cwd=str(Path.cwd()), progress_bar=False, parameters=params)
         except pm.PapermillExecutionError as e:
             raise RuntimeError(f"pipeline notebook {nb.name} failed: {e.ename}: {e.evalue} (the executed notebook, with "
                                f"the traceback, is {out / nb.name})") from None
+        key = notebook_key(nb, cfg, params, figures)
+        if key is not None: atomic_write_json(sidecar, key)
         log(f"[pipeline] {nb.name} done in {time.time() - t0:.1f} s -> {out / nb.name}")
-        done.append(out / nb.name)
-    if done:                                   # the executed notebooks as offline HTML, linked from the results page
+        done.append(out / nb.name); made.append(out / nb.name)
+    html_dir = RunLayout(cfg.run_dir).report.html
+    todo = [p for p in done if p in made or not (html_dir / f"{p.stem}.html").exists()]
+    if todo:                                   # the executed notebooks as offline HTML, linked from the results page
         from medsae.report import render_notebooks
-        html = render_notebooks(done, RunLayout(cfg.run_dir).report.html)
+        html = render_notebooks(todo, html_dir)
         log(f"[pipeline] {len(html)} notebooks rendered to HTML -> {html[0].parent}")
     return done

@@ -86,7 +86,7 @@ def small(s, out_root, name, root):
 
 
 @pytest.mark.parametrize("config", ["paper", "paper-corrected"])
-def test_paper_config_end_to_end(paper_setup, tmp_path, config):
+def test_paper_config_end_to_end(paper_setup, tmp_path, config, monkeypatch):
     from medsae.config import load_config
     from medsae.layout import RunLayout
     from medsae.provenance import is_complete, read_provenance
@@ -125,6 +125,39 @@ def test_paper_config_end_to_end(paper_setup, tmp_path, config):
     for w in (f"`data.uncertain`): **{cfg.data.uncertain}**", f"`sae.normalise`): **{cfg.sae.normalise}**",
               f"`naming.protocol`): **{cfg.naming.protocol}**"):
         assert w in page, w
+    if config == "paper":
+        check_warm_pipeline(cfg_file, over, tmp_path, R, monkeypatch)
+
+
+def check_warm_pipeline(cfg_file, over, tmp_path, R, monkeypatch):
+    """A second `medsae pipeline` finds every executed notebook current: none runs again, and the tables and figures
+    are published again into the (emptied) figures folder. An edited notebook, and only it, runs again."""
+    import shutil
+    import nbformat
+    from medsae import stages
+    figures = tmp_path / "figures"
+    before = {p.name: p.read_bytes() for p in figures.rglob("*") if p.is_file()}
+    stamps = {p.name: p.stat().st_mtime_ns for p in R.notebooks.glob("*.ipynb")}
+    shutil.rmtree(figures)
+    log = []
+    done = stages.run_notebooks(str(cfg_file), over, figures=str(figures), log=log.append)
+    assert [p.name for p in done] == sorted(stamps) and all("up to date" in m for m in log), log
+    assert {p.name: p.stat().st_mtime_ns for p in R.notebooks.glob("*.ipynb")} == stamps
+    assert {p.name: p.read_bytes() for p in figures.rglob("*") if p.is_file()} == before
+    edited = tmp_path / "nbs"; edited.mkdir()
+    for p in stages.pipeline_notebooks():
+        if p.stem != "09_report": shutil.copyfile(p, edited / p.name); continue
+        nb = nbformat.read(p, as_version=4)
+        nb.cells.append(nbformat.v4.new_markdown_cell("A reader's note."))
+        nbformat.write(nb, edited / p.name)
+    monkeypatch.setattr(stages, "pipeline_notebooks", lambda: sorted(edited.glob("*.ipynb")))
+    log = []
+    stages.run_notebooks(str(cfg_file), over, figures=str(figures), log=log.append)
+    ran = [m.split()[1] for m in log if m.startswith("[pipeline]") and " done in " in m]
+    assert ran == ["09_report.ipynb"], log
+    assert "A reader's note." in (R.notebooks / "09_report.ipynb").read_text()
+    assert {p.name: p.stat().st_mtime_ns for p in R.notebooks.glob("*.ipynb") if p.stem != "09_report"} == \
+        {k: v for k, v in stamps.items() if k != "09_report.ipynb"}
 
 
 def test_no_weights_no_run_unless_random_weights_are_asked_for(paper_setup, tmp_path):
