@@ -468,7 +468,7 @@ def sweep(x_train: torch.Tensor, x_valid: torch.Tensor, cfg: SAEConfig, seed: in
     norm = Normaliser.fit(x_train, cfg.normalise)
     dev = _device(cfg)
     x = norm(x_train).to(dev)
-    scfg = cfg.model_copy(update=dict(epochs=cfg.sweep_epochs, max_steps=None))
+    scfg = cfg.model_copy(update=dict(epochs=cfg.sweep_epochs, max_steps=None, batch_size=cfg.sweep_batch_size or cfg.batch_size))
     total = total_steps(n, scfg)
     models = {}
     for p in sweep_grid(cfg):
