@@ -553,7 +553,7 @@ def notebook_key(nb: str | Path, cfg: Config, params: dict, figures: str | Path 
     import medsae
     from medsae.provenance import hash_config, package_versions, sha256_bytes
     stage = Path(nb).stem.split("_", 1)[1].replace("_", "-")
-    target = "score-names" if stage == "explore" else stage
+    target = "report" if stage == "explore" else stage   # the explorer also shows the report's decoder map
     p = Pipeline(cfg, figures, log=lambda *a: None)
     stages = {}
     for st in STAGES[: [s.name for s in STAGES].index(target) + 1]:
