@@ -19,9 +19,9 @@ from .metrics import MetricError, _check_xy, correlations, detection, entropy, m
 # %% auto #0
 __all__ = ['STATISTICS', 'CONTINUOUS_NUISANCE', 'CATEGORICAL_NUISANCE', 'TECHNICAL_PHRASES', 'TWO_LEVEL', 'NO_FINDING_PATTERN',
            'paired_bootstrap', 'permutation_null', 'compare_units', 'Concepts', 'phantom_concepts', 'probe_ceiling',
-           'auroc_matrix', 'concept_recovery', 'parts_recovery', 'hungarian_matching', 'polysemanticity',
-           'ground_truth_table', 'plot_entropy_hist', 'plot_correlation_heatmap', 'plot_concept_recovery', 'fmt_ci',
-           'paper_table', 'evaluation_stage_run']
+           'column_ranks', 'auroc_matrix', 'concept_recovery', 'parts_recovery', 'hungarian_matching',
+           'polysemanticity', 'ground_truth_table', 'plot_entropy_hist', 'plot_correlation_heatmap',
+           'plot_concept_recovery', 'fmt_ci', 'paper_table', 'evaluation_stage_run']
 
 # %% ../nbs/52_evaluation.ipynb #7add4468
 def _weighted_r(a, a2, y: np.ndarray, msk: np.ndarray, W: np.ndarray) -> np.ndarray:
@@ -333,6 +333,22 @@ def probe_ceiling(train_x, train_y: np.ndarray, test_x, test_y: np.ndarray, C: f
     return out
 
 # %% ../nbs/52_evaluation.ipynb #faf74561
+def column_ranks(a: sp.csc_matrix) -> np.ndarray:
+    """The average rank (1-based, ties sharing the mean of their ranks) of each stored value of a CSC matrix among the
+    stored values of its own column, in `a.data`'s order: `scipy.stats.rankdata` column by column, all columns in one
+    sort (one call per column cost 22 s of the evaluate stage for 8,192 latents; the ranks are the same numbers)."""
+    cols = np.repeat(np.arange(a.shape[1]), np.diff(a.indptr))
+    if not len(cols): return np.empty(0)
+    order = np.lexsort((a.data, cols))
+    v, c = a.data[order], cols[order]
+    new = np.r_[True, (v[1:] != v[:-1]) | (c[1:] != c[:-1])]            # the first of each run of equal values
+    pos = np.arange(len(v)) - a.indptr[c]                                # 0-based position within the column
+    starts = np.flatnonzero(new)
+    first, last = pos[starts], pos[np.r_[starts[1:] - 1, len(v) - 1]]
+    out = np.empty(len(v))
+    out[order] = ((first + last) / 2 + 1)[np.cumsum(new) - 1]
+    return out
+
 def auroc_matrix(acts, y: np.ndarray) -> np.ndarray:
     "AUROC (m, C) of every unit's activation as a score for every binary concept (ties get half credit)."
     from scipy.stats import rankdata
@@ -344,10 +360,7 @@ def auroc_matrix(acts, y: np.ndarray) -> np.ndarray:
     if sp.issparse(acts) and (sp.csc_matrix(acts).data >= 0).all():
         a = sp.csc_matrix(acts, dtype=np.float64); a.eliminate_zeros()
         nnz = np.diff(a.indptr); z = N - nnz
-        ranks = np.empty_like(a.data)
-        for j in np.flatnonzero(nnz):
-            s, e = a.indptr[j], a.indptr[j + 1]
-            ranks[s:e] = z[j] + rankdata(a.data[s:e])
+        ranks = np.repeat(z, nnz) + column_ranks(a)          # the zeros rank 1..z, below every stored value
         R = sp.csc_matrix((ranks, a.indices, a.indptr), shape=a.shape)
         B = sp.csc_matrix((np.ones_like(ranks), a.indices, a.indptr), shape=a.shape)
         pos_nz = np.asarray(B.T @ y)

@@ -54,7 +54,9 @@ with tempfile.TemporaryDirectory() as d:
     for name in args.encoders.split(","):
         torch.manual_seed(0)
         if name == "medclip-resnet50": enc = build_medclip("resnet50", text=False)
-        else: enc = MedCLIPEncoder(build_phantom_model(EncoderTrainingConfig()), "medclip-phantom (random)", image_size=128)
+        else:
+            ecfg = EncoderTrainingConfig()                   # the default encoder, at its default input size
+            enc = MedCLIPEncoder(build_phantom_model(ecfg), "medclip-phantom (random)", image_size=ecfg.image_size)
         enc.to(dev)
         b = bare(enc, args.n, args.batch_size)
         import pandas as pd
