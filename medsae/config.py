@@ -155,7 +155,7 @@ class EncoderConfig(_Section):
 class EncoderTrainingConfig(_Section):
     "Training of the default encoder (MedCLIP with a small ResNet and a frozen MiniLM text backbone) on PhantomCXR."
     image_size: int = Field(96, ge=32, le=512, description="Input side of the small vision tower (96: a step costs "
-                            "0.57 s on 2 cores where 128 cost 1.06 s, and the probe still finds the same 11 of 13 "
+                            "0.57-0.59 s on 2 cores where 128 cost 1.06 s, and the probe still finds the same 11 of 13 "
                             "findings and every technical factor).")
     widths: list[int] = Field([32, 64, 128, 256], description="Channels of the four ResNet stages.")
     epochs: int = Field(9, ge=1, description="Passes over the training images: the budget, in steps, whatever the "
