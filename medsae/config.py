@@ -62,6 +62,10 @@ class RunConfig(_Section):
     name: str = Field("default", description="Run name: results go to `<out_root>/<name>/`.")
     seed: int = Field(0, ge=0, description="Master seed; each stage derives its own generator from it.")
     out_root: Path = Field(Path("runs"), description="Folder that holds one sub-folder per run.")
+    pin_cpu: bool = Field(True, description="Pin the CPU instruction paths of PyTorch, oneDNN, MKL and OpenBLAS "
+                          "(AVX2, MKL's compatible branch) so that every x86-64 machine computes the same numbers; "
+                          "false: each library takes this CPU's fastest kernels (other numbers on other CPUs). "
+                          "See nbs/04_numerics.")
 
     @field_validator("name")
     @classmethod

@@ -71,7 +71,10 @@ def train_medclip(model: MedCLIPModel, images: torch.Tensor, labels: torch.Tenso
     g = torch.Generator().manual_seed(seed)
     n = len(images)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused AdamW: one pass a parameter, and its sqrt is the exact instruction (the per-tensor loop's `sqrt` is MKL's
+    # vector maths, which rounds differently on AMD and Intel CPUs: nbs/04_numerics)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=params[0].device.type in ("cpu", "cuda"))
     steps_per_epoch = max(1, n // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warm = max(1, int(0.05 * total))

@@ -107,9 +107,10 @@ def git_state(path: str | Path | None = None) -> dict:
     return dict(commit=commit, dirty=None if dirty is None else bool(dirty))
 
 def environment_info() -> dict:
-    "Interpreter, platform, package versions and git state."
+    "Interpreter, platform, package versions, git state and the numeric paths in force (`medsae.numerics`)."
+    from medsae.numerics import numerics_state
     return dict(python=sys.version.split()[0], platform=platform.platform(), packages=package_versions(),
-                git=git_state())
+                git=git_state(), numerics=numerics_state())
 
 # %% ../nbs/01_provenance.ipynb #795e5bae
 def _hash_cache_path() -> Path:

@@ -115,6 +115,22 @@ def _setting_lines(cfg, R, emb: dict, sae: dict) -> list[str]:
                  + (f" (and {len(sk) - 20} more, in `{skipped}`)" if len(sk) > 20 else "") + ".")
     return L
 
+def _numerics_line(R) -> str:
+    "The numeric paths that the run's stages ran with (their provenance), and what that means on another machine."
+    from medsae.numerics import PINS
+    from medsae.provenance import is_complete, read_provenance
+    states = {d.name: read_provenance(d).get("numerics") or {} for d in sorted(Path(R.path).iterdir())
+              if d.is_dir() and is_complete(d)}
+    na = sorted({v.get("machine", "?") for v in states.values() if v.get("applies") is False})
+    off = [s for s, v in states.items() if not v.get("pinned") and v.get("applies") is not False]
+    if na: text = (f"not pinned: the pins concern x86-64 CPUs, and this run ran on {', '.join(na)}; its numbers are "
+                   "this machine's")
+    elif off: text = (f"**not pinned** in {', '.join(off)} (`run.pin_cpu: false`, or a numeric library loaded before "
+                      "medsae): another CPU may give other numbers")
+    else: text = (f"pinned in every stage ({', '.join(f'`{k}={v}`' for k, v in PINS.items())}): every x86-64 CPU with "
+                  "AVX2 computes the same numbers")
+    return f"- **Numeric paths**: {text}. The pins concern CPU kernels; on ARM or on a GPU they do not apply."
+
 def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "", links: dict | None = None,
                  html_prefix: str | None = None, notebooks: str | None = None) -> str:
     """The results page (markdown) of a run: the paper's tables and figures beside this run's. `R`: the run's
@@ -155,6 +171,7 @@ def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "", l
          *_setting_lines(cfg, R, emb, sae),
          f"- **Made by** commit `{str(git.get('commit'))[:12]}`{' (uncommitted changes)' if git.get('dirty') else ''}, "
          f"config `{cfg.run.name}`, seed {cfg.run.seed}; every stage's provenance is in `{R.path}/<stage>/provenance.json`.",
+         _numerics_line(R),
          "", "The paper's column is always the paper's own setting (CheXpert, official MedCLIP-ResNet50). "
          + ("This run's column is PhantomCXR with an encoder trained here: it checks that the method and code "
             "behave as described, not the paper's numbers, which need CheXpert and the MedCLIP weights "

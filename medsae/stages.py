@@ -366,8 +366,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("report", "example panels, the decoder map and the results page", ("sae", "evaluate", "name", "score-names"),
           ("run",), _report, lambda L: [L.report.umap_figure, *L.report.panels(), (L.report.results, "RESULTS.md"),
                                         L.report.decoder_map, L.report.entropy_r, L.report.label_heatmap,
-                                        (L.report.plotly_js, "plotly.min.js"), (L.report.results_repo, "RESULTS_repo.md"),
-                                        *[(f, f"reference/{f.name}") for f in sorted(Path(L.report.reference).glob("*.png"))]]),
+                                        (L.report.plotly_js, "plotly.min.js")]),
 )
 "Every step of a run, in order."
 
@@ -386,6 +385,8 @@ class Pipeline:
                  log: Callable = print):
         self.cfg, self.layout, self.figures = cfg, RunLayout(cfg.run_dir), FiguresFolder(figures)
         self.argv, self.log = argv, log
+        from medsae.numerics import apply_pinning
+        apply_pinning(cfg.run.pin_cpu)              # the numeric paths the config asks for (nbs/04_numerics)
         self.done: dict[str, Path] = {}
 
     def applies(self, name: str) -> bool: return STAGE[name].applies(self.cfg)
@@ -395,7 +396,7 @@ class Pipeline:
         from medsae.provenance import read_provenance
         st = STAGE[name]
         inputs = {n: read_provenance(self.done[n])["record"]["cache_key"] for n in st.needs if n in self.done}
-        return dict(config=config_values(self.cfg, st.config), seed=self.cfg.run.seed, inputs=inputs,
+        return dict(config=config_values(self.cfg, (*st.config, "run.pin_cpu")), seed=self.cfg.run.seed, inputs=inputs,
                     external=st.external(self))
 
     def key(self, name: str) -> str:
@@ -462,24 +463,18 @@ class Pipeline:
         return self.done[name]
 
     def publish(self, name: str) -> list[Path]:
-        """Copy a stage's tables (.csv, .md) and figures (.png, .svg) into the figures folder as `<stage>_<file>`.
-        A subfolder a stage publishes into by name (the report's `reference/`) is the stage's own: the files of its
-        earlier runs that this run does not publish are removed, so that it holds what the page shows."""
-        out, owned = [], {}
+        """Copy a stage's tables (.csv, .md) and figures (.png, .svg) into the figures folder as `<stage>_<file>`
+        (or the name a stage gives: the report's `RESULTS.md`). Nothing tracked by the repository is written: the
+        reference (`RESULTS.md`, `figures/reference/`) changes only by `medsae reference update` (nbs/71_reference)."""
+        out = []
         Path(self.figures).mkdir(parents=True, exist_ok=True)
         base = self.layout.stage(name)
         for f in STAGE[name].publish(self.layout):
             f, dest = (f if isinstance(f, tuple) else (f, None))
-            if dest and Path(dest).parent != Path("."):
-                owned.setdefault(Path(self.figures) / Path(dest).parent, set()).add(Path(dest).name)
             for q in (Path(f), sibling(f, {".csv": ".md", ".png": ".svg"}.get(Path(f).suffix, Path(f).suffix))):
                 if q.exists() and q not in out:
                     d = self.figures / dest if dest and q == Path(f) else self.figures.of(name, q, base)
-                    d.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(q, d); out.append(q)
-        for folder, keep in owned.items():
-            for old in folder.iterdir():
-                if old.is_file() and old.name not in keep: old.unlink()
         return out
 
     def until(self, name: str | None = None) -> dict[str, Path]:
@@ -577,6 +572,8 @@ def run_notebooks(config: str | None, overrides: list[str], figures: str = "figu
     import papermill as pm
     from medsae.provenance import atomic_write_json
     cfg = load_config(config, overrides)
+    from medsae.numerics import apply_pinning
+    apply_pinning(cfg.run.pin_cpu)                  # the kernels inherit this process's environment
     out = RunLayout(cfg.run_dir).notebooks; out.mkdir(parents=True, exist_ok=True)
     done, made = [], []
     for nb in pipeline_notebooks():

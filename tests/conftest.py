@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+import medsae  # noqa: F401  first, before numpy or torch: it pins their numeric paths (nbs/04_numerics)
+
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -24,10 +26,10 @@ def tiny_args(out_root, *extra) -> list[str]:
     return [a for o in [*TINY, f"run.out_root={out_root}", *extra] for a in ("--set", o)]
 
 
-def run_cli(*args, cwd=ROOT, check=True):
+def run_cli(*args, cwd=ROOT, check=True, env=None):
     "Run the installed `medsae` console script; returns the CompletedProcess."
     exe = Path(sys.executable).parent / "medsae"
-    r = subprocess.run([str(exe), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([str(exe), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
     if check and r.returncode != 0:
         raise AssertionError(f"medsae {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
     return r
@@ -37,3 +39,26 @@ def run_cli(*args, cwd=ROOT, check=True):
 def chexpert_train():
     from medsae.assets import asset_path
     return asset_path("chexpert_train", check=True)
+
+
+def working_clone(dest) -> Path:
+    """A git clone of this working tree as it is (tracked and untracked files that git does not ignore, committed in
+    the clone), its data/ assets linked; run the clone's own code with `clone_env(clone)`."""
+    dest = Path(dest)
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True,
+                           check=True).stdout.decode().split("\0")
+    import shutil
+    for f in filter(None, files):
+        if (ROOT / f).is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True); shutil.copy2(ROOT / f, dest / f)
+    for f in (ROOT / "data").iterdir():
+        if not (dest / "data" / f.name).exists(): (dest / "data" / f.name).symlink_to(f)
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=dest, check=True,
+                                    capture_output=True)
+    git("init", "-q"); git("add", "-A"); git("commit", "-qm", "working tree")
+    return dest
+
+
+def clone_env(clone) -> dict:
+    "The environment that runs a clone's own package (and its notebooks' kernels) with this venv's packages."
+    return {**os.environ, "PYTHONPATH": str(clone)}

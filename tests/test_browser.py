@@ -288,23 +288,21 @@ def test_html_rendering_offline(browser, tmp_path):
 
 
 def check_published_pages(run, figures, shots: Path | None = None) -> dict:
-    """What the report publishes for a finished `medsae pipeline` run (`run`: its RunLayout; `figures`: a folder named
-    `figures`): the repository page's images resolve from the folder above `figures/` and are exactly the small PNGs
-    of `figures/reference/`; the interactive pages and every executed notebook's HTML rendering exist and, in Chromium
-    (when one can be had), show no broken image, no empty output and every plotly figure drawn. Used by
-    tests/test_reproduce.py, which makes such a run."""
+    """What the report makes for a finished `medsae pipeline` run (`run`: its RunLayout; `figures`: its figures folder):
+    the repository page (kept in the run's report folder for `medsae reference update`) shows `figures/reference/`
+    images that are exactly the small PNGs of the run's `report/reference/`; the interactive pages and every executed
+    notebook's HTML rendering exist and, in Chromium (when one can be had), show no broken image, no empty output and
+    every plotly figure drawn. Used by tests/test_reproduce.py, which makes such a run."""
     from PIL import Image
     figures = Path(figures)
-    assert figures.name == "figures"
-    repo = (figures / "RESULTS_repo.md").read_text()
+    repo = Path(run.report.results_repo).read_text()
     block = []                                             # every table is a table on the repository page:
     for line in [*repo.splitlines(), ""]:                  # one cell count per table (a bare | splits a cell)
         if line.startswith("|"): block.append(len(re.findall(r"(?<!\\)\|", line)))
         elif block: assert len(set(block)) == 1, (block, line); block = []
     links = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", repo)
     assert links and all(l.startswith("figures/reference/") for l in links), links
-    for l in links: assert (figures.parent / l).is_file(), l
-    ref = sorted((figures / "reference").glob("*.png"))
+    ref = sorted(Path(run.report.reference).glob("*.png"))
     assert {p.name for p in ref} == {Path(l).name for l in links}
     assert sum(p.stat().st_size for p in ref) < 4_000_000 and all(Image.open(p).width <= 1400 for p in ref)
     pages = [figures / f"report_{k}.html" for k in ("decoder_map", "entropy_r", "label_heatmap")]

@@ -5,17 +5,43 @@ import json
 
 import numpy as np
 
-from conftest import ROOT, run_cli, tiny_args
+from pathlib import Path
+
+from conftest import ROOT, TINY, clone_env, run_cli, working_clone
 from medsae.layout import FiguresFolder, RunLayout, sibling
 from medsae.stages import COMMANDS, STAGES
 
 
 def test_reproduce_default(tmp_path):
-    figures = FiguresFolder(tmp_path / "figures")
-    args = [*tiny_args(tmp_path), "--figures", figures]
-    out = run_cli("pipeline", *args).stdout
+    import subprocess
+    clone = working_clone(tmp_path / "clone")              # a reviewer's fresh clone, its own code and notebooks
+    cli = lambda *a, **k: run_cli(*a, cwd=clone, env=clone_env(clone), **k)
+    figures = FiguresFolder(clone / "figures")           # the default figures folder, runs/ inside the clone
+    args = [a for o in TINY for a in ("--set", o)]
+    out = cli("pipeline", *args).stdout
     assert "pipeline finished" in out
-    run = RunLayout(tmp_path / "default")
+    status = lambda: subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True).stdout
+    assert status() == ""                                # the run wrote no tracked (and no unignored) file
+    v = cli("verify", *args)                             # not the default config: nothing to compare, said
+    assert "nothing to compare" in v.stdout and "committed page" in v.stdout, v.stdout
+    r = cli("reference", "update", *args, check=False)  # the reference refuses a run that is not the default one
+    assert r.returncode == 2 and "not the default run" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert status() == ""
+    run = RunLayout(clone / "runs" / "default")
+    from medsae.config import load_config
+    from medsae.reference import update_reference
+    (clone / "figures" / "reference" / "stale.png").write_bytes(b"an image the run's page does not show")
+    written = update_reference(load_config(None, [*TINY, f"run.out_root={clone / 'runs'}"]), check=False, root=clone,
+                               log=lambda *a: None)
+    page = (clone / "RESULTS.md").read_text()
+    assert page == run.report.results_repo.read_text() and written[0] == clone / "RESULTS.md"
+    import re
+    shown = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", page)                     # every image it shows, and no other
+    assert shown and sorted(Path(s).name for s in shown) == sorted(p.name for p in (clone / "figures" / "reference").glob("*.png"))
+    assert all((clone / s).is_file() for s in shown)
+    assert " M RESULTS.md" in status()
+    same = cli("verify", *args, "--against", clone / "RESULTS.md").stdout
+    assert "verdict: IDENTICAL" in same, same
     nbs = sorted(run.notebooks.glob("*.ipynb"))
     assert [p.stem.split("_", 1)[1].replace("_", "-") for p in nbs] == [*COMMANDS, "explore"]
     for p in nbs:                                      # executed, parameters injected, no error output
@@ -29,6 +55,7 @@ def test_reproduce_default(tmp_path):
     ph = prov(run.phantom)
     assert ph["record"]["counts"] == {"train": 160, "valid": 40, "test": 40}
     assert run.phantom.manifest.exists() and ph["outputs"]["PhantomCXR-v1.0/"]["files"] == 240
+    assert all(prov(run.stage(s))["numerics"]["pinned"] for s in ("phantom", "encoder", "sae", "report"))  # recorded
     enc = prov(run.encoder)["record"]
     from medsae.reports import TECHNICAL
     assert len(enc["zero_shot_auroc"]) == 13                       # the findings, with prompts
@@ -64,17 +91,17 @@ def test_reproduce_default(tmp_path):
               "score_names_naming_accuracy.png", "report_decoder_umap.png", "RESULTS.md"):
         assert (figures / f).stat().st_size > 0, f
     page = figures.results.read_text()
-    assert "PhantomCXR" in page and "NOT CheXpert" in page
+    assert "PhantomCXR" in page and "NOT CheXpert" in page and "**Numeric paths**: pinned in every stage" in page
     assert ("**Two-level factors** (view AP / view PA)" in page) == bool(met["ground_truth"].get("levels"))
     for link in [l.split("](", 1)[1].split(")")[0] for l in page.splitlines() if l.startswith("![")]:
         assert (figures / link).exists(), link                 # every image the page shows is in the figures folder
     from test_browser import check_published_pages        # the repository page, interactive pages, HTML notebooks
     check_published_pages(run, figures.path)
     (figures / "phantom_findings.png").unlink()
-    again = run_cli("reproduce", *args).stdout          # `medsae reproduce`, unchanged config: every stage is reused
+    again = cli("reproduce", *args).stdout          # `medsae reproduce`, unchanged config: every stage is reused
     for st in STAGES: assert f"[{st.name}] up to date" in again, st.name
     assert (figures / "phantom_findings.png").exists()   # a deleted figure is published again
-    changed = run_cli("reproduce", *args, "--set", "metrics.entropy_threshold=0.25").stdout
+    changed = cli("reproduce", *args, "--set", "metrics.entropy_threshold=0.25").stdout
     for st in ("phantom", "labels", "encoder", "extract", "sae", "activations"): assert f"[{st}] up to date" in changed
     assert "[evaluate] up to date" not in changed and "metrics.entropy_threshold: 0.2 there, 0.25 here" in changed
     assert "[report] up to date" not in changed

@@ -63,7 +63,7 @@ def medsae_cmd(*args) -> list[str]:
     return [str(Path(sys.executable).parent / "medsae"), *map(str, args)]
 
 
-PRELOAD = ("torch", "torchvision", "torchvision.models", "numpy", "pandas", "scipy.sparse", "sklearn.metrics", "matplotlib.pyplot", "safetensors.torch",
+PRELOAD = ("medsae", "torch", "torchvision", "torchvision.models", "numpy", "pandas", "scipy.sparse", "sklearn.metrics", "matplotlib.pyplot", "safetensors.torch",
            "transformers", "medsae.cli", "medsae.stages", "medsae.extract", "medsae.sae_training", "medsae.activations",
            "medsae.evaluation", "medsae.naming", "medsae.naming_eval", "medsae.encoders", "papermill")
 

@@ -1,0 +1,45 @@
+"""The numeric paths pinned by `medsae.numerics` give the same bits on another CPU, and unpinned they do not: the
+fingerprint (tests/fingerprint.py: a tiny encoder training, its embeddings, an SAE, a probe, numpy) run natively and under
+`qemu-x86_64 -cpu Haswell` (an emulated Intel CPU with AVX2 and without AVX-512). `make check-repro` runs it alone."""
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medsae.numerics import PINS
+
+FINGERPRINT = Path(__file__).with_name("fingerprint.py")
+
+
+def _avx512() -> bool:
+    try: return " avx512f " in open("/proc/cpuinfo").read().replace("\n", " ")
+    except OSError: return False
+
+
+def fingerprint(pin: bool, emulate: bool) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in PINS}      # each process pins itself, or not
+    env["MEDSAE_PIN_CPU"] = "1" if pin else "0"
+    cmd = [sys.executable, str(FINGERPRINT)]
+    if emulate: cmd = [shutil.which("qemu-x86_64"), "-cpu", "Haswell", *cmd]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64" or not shutil.which("qemu-x86_64"),
+                    reason="needs an x86-64 machine with qemu-user (`apt-get install qemu-user`; .ci/run installs it)")
+@pytest.mark.skipif(not _avx512(), reason="this CPU has no AVX-512: the emulated Haswell would be the same instruction set")
+def test_pinned_paths_give_the_same_bits_on_another_cpu():
+    native, haswell = fingerprint(True, False), fingerprint(True, True)
+    assert native["pinned"] and haswell["pinned"] and native["aten"] == haswell["aten"] == "AVX2"
+    assert native == haswell                                          # every part, bit for bit
+    free, free_haswell = fingerprint(False, False), fingerprint(False, True)
+    assert not free["pinned"] and free["aten"] == "AVX512" and free_haswell["aten"] == "AVX2"
+    parts = [k for k in native if k not in ("pinned", "aten")]
+    differ = [k for k in parts if free[k] != free_haswell[k]]
+    assert {"encoder", "embeddings", "sae"} <= set(differ), differ    # unpinned, the two CPUs compute other numbers
