@@ -65,9 +65,11 @@ check-sync: $(STAMP)
 	$(VENV)/bin/nbdev_export
 	@git diff --quiet -- medsae || { echo "medsae/ differs from the notebooks: run make export and commit"; git diff --stat -- medsae; exit 1; }
 
-# Documentation site (needs Quarto, which cannot be installed on the project's machines; see README).
+# Documentation site: nbdev_proc_nbs (no Quarto: executes every chapter's doc cells into _proc/, tested), then Quarto,
+# which cannot be installed on the project's machines (see README).
 docs: $(STAMP)
-	@command -v quarto >/dev/null || { echo "Quarto is not installed: see https://quarto.org; the site config is _quarto.yml"; exit 1; }
+	$(VENV)/bin/nbdev_proc_nbs
+	@command -v quarto >/dev/null || { echo "Quarto is not installed (https://quarto.org): the processed chapters are in _proc/; the site config is _quarto.yml"; exit 1; }
 	$(VENV)/bin/nbdev_docs
 
 bench: setup

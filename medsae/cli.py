@@ -139,9 +139,19 @@ def cmd_stage(args) -> int:
     return 0
 
 # %% ../nbs/90_cli.ipynb #8ea3bb19
+def _preflight(cfg) -> bool:
+    "Whether every static requirement of every stage holds (`medsae.doctor.preflight`); each problem on one line."
+    from medsae.doctor import preflight
+    fails = preflight(cfg)
+    for c in fails: print(f"medsae: not started: {c.line(max(len(f.name) for f in fails))}", file=sys.stderr)
+    if fails: print(f"medsae: nothing was made; `medsae doctor` lists every check of this config", file=sys.stderr)
+    return not fails
+
 def cmd_reproduce(args) -> int:
     from medsae.stages import reproduce
-    done = reproduce(_cfg(args), args.figures, argv=sys.argv)
+    cfg = _cfg(args)
+    if not _preflight(cfg): return 2                 # before the first stage, not after hours of it
+    done = reproduce(cfg, args.figures, argv=sys.argv)
     print("\nreproduction finished:")
     for k, v in done.items(): print(f"  {k:16s} {v}")
     print(f"  figures and tables in {Path(args.figures).resolve()}")
@@ -149,7 +159,7 @@ def cmd_reproduce(args) -> int:
 
 def cmd_pipeline(args) -> int:
     from medsae.stages import run_notebooks
-    _cfg(args)                                       # a bad config fails here, before any notebook starts
+    if not _preflight(_cfg(args)): return 2          # a bad config or a missing piece fails here, before any notebook
     done = run_notebooks(args.config, list(args.overrides), args.figures, args.only, rerun=args.rerun)
     print(f"\npipeline finished: {len(done)} executed notebooks in {done[0].parent if done else '-'}; figures, "
           f"tables and RESULTS.md in {Path(args.figures).resolve()}")

@@ -21,7 +21,7 @@ from .stages import data_root, dataset_frame, dataset_splits, dataset_tables, en
 __all__ = ['STATUSES', 'MEDCLIP_ZIPS', 'MEDGEMMA_BYTES', 'EMBED_DIMS', 'THROUGHPUTS', 'CHECKS', 'Check', 'check_tables', 'Rows',
            'read_rows', 'check_rows', 'check_images', 'check_weights', 'hf_snapshot', 'hub_access', 'check_tokenizer',
            'model_folder', 'check_vlm', 'check_4bit', 'row_counts', 'gpu_memory_need', 'check_gpu', 'disk_need',
-           'check_disk', 'Throughput', 'estimate_times', 'run_doctor', 'format_report']
+           'check_disk', 'Throughput', 'estimate_times', 'run_doctor', 'preflight', 'format_report']
 
 # %% ../nbs/88_doctor.ipynb #87bacf52
 STATUSES = ("PASS", "WARN", "FAIL", "SKIP", "INFO")
@@ -414,19 +414,19 @@ class Throughput:
     setting: str
     source: str
 
-_H200 = "README, GPU check on one H200 (2026-11-28)"
+_H200 = "nbs/41_sae_training, GPU check on one H200 (2026-11-28)"
 THROUGHPUTS: tuple[Throughput, ...] = (
     Throughput("extract", "cuda", 1226, "img/s", "MedCLIP-ResNet50, 224 px, batch 64, PNGs decoded by 8 workers "
                "(bare forward 9,176 img/s)", _H200),
     Throughput("extract", "cpu", 346, "img/s", "the default encoder (narrow ResNet, 96 px) on 2 CPU cores; "
-               "MedCLIP-ResNet50 at 224 px is slower, unmeasured", "README, Decode once (scripts/bench_extract.py)"),
+               "MedCLIP-ResNet50 at 224 px is slower, unmeasured", "nbs/20_encoders, Decode once (scripts/bench_extract.py)"),
     Throughput("sae-relu", "cuda", 518_448, "samples/s", "ReLU, dense kernels, d 512, m 8192, batch 1024", _H200),
     Throughput("sae-batchtopk", "cuda", 308_487, "samples/s", "BatchTopK k 64, dense kernels, d 512, m 8192, batch 1024",
                _H200),
     Throughput("sae-relu", "cpu", 1527, "samples/s", "ReLU, sparse kernels at L0 57, d 512, m 8192, batch 1024, "
-               "2 threads on a shared machine", "README, Training speed"),
+               "2 threads on a shared machine", "nbs/41_sae_training, Training speed"),
     Throughput("sae-batchtopk", "cpu", 1275, "samples/s", "BatchTopK k 64, sparse kernels, d 512, m 8192, batch 1024, "
-               "2 threads on a shared machine", "README, Training speed"),
+               "2 threads on a shared machine", "nbs/41_sae_training, Training speed"),
     Throughput("name", "cuda", 23.8, "req/s", "a tiny random Gemma 3 (bf16), 3 images and 8 new tokens a request: "
                "MedGemma-4b with 30 images and 300 tokens is slower, unmeasured", _H200),
 )
@@ -487,11 +487,11 @@ CHECKS = (check_tables, check_rows, check_images, check_weights, check_tokenizer
           check_disk, estimate_times)
 "The checks, in the order they are reported."
 
-def run_doctor(cfg: Config) -> list[Check]:
-    "Every check of `CHECKS` on `cfg`; never stops at a failure."
+def run_doctor(cfg: Config, checks=None) -> list[Check]:
+    "Every check of `checks` (default `CHECKS`) on `cfg`; never stops at a failure."
     import inspect
     rows, out = None, []
-    for fn in CHECKS:
+    for fn in (CHECKS if checks is None else checks):
         try:
             if "rows" in inspect.signature(fn).parameters:
                 rows = rows or read_rows(cfg)
@@ -501,6 +501,11 @@ def run_doctor(cfg: Config) -> list[Check]:
             out.append(Check(fn.__name__, "FAIL", f"the check itself failed: {type(e).__name__}: {e}",
                              "report this as a medsae bug, with the line above"))
     return out
+
+def preflight(cfg: Config) -> list[Check]:
+    """The problems that would stop a run of `cfg` in one of its stages (the FAIL lines of every check but the time
+    estimates): `medsae reproduce` and `medsae pipeline` refuse to start while there is one, before any stage."""
+    return [c for c in run_doctor(cfg, tuple(c for c in CHECKS if c is not estimate_times)) if c.status == "FAIL"]
 
 def format_report(checks: list[Check]) -> str:
     "One line per check, then a summary line."

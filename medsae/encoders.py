@@ -499,7 +499,7 @@ def build_encoder(name: str, weights: str | Path | None = None, tokenizer: str |
     if weights is None and not random_weights and (name in ("medclip-resnet50", "medclip-swin", "medclip-vit") or
                                                    name.startswith("openclip:") and not name.startswith("openclip:hf-hub:")):
         raise EncoderError(f"encoder.weights: {name} has no weights file, so it would embed with random weights; give "
-                           "the official checkpoint (README, 'Running the paper's setting'), or set "
+                           "the official checkpoint (README, 'The paper's setting on CheXpert'), or set "
                            "encoder.random_weights=true if random weights are intended (pipeline tests)")
     if name == "medclip-resnet50": enc = build_medclip("resnet50", weights, tokenizer)
     elif name in ("medclip-swin", "medclip-vit"): enc = build_medclip("swin", weights, tokenizer)

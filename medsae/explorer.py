@@ -337,6 +337,8 @@ class LatentAtlas:
 # %% ../nbs/80_explorer.ipynb #fb7b1783
 class PanelFigure(Figure):
     "A plain matplotlib `Figure` that shows itself as a PNG in any IPython front end (no pyplot state needed)."
+    def __init__(self, *args, **kwargs):          # its own signature: the docs read it, not matplotlib's decorated one
+        super().__init__(*args, **kwargs)
     def _repr_png_(self) -> bytes:
         buf = io.BytesIO(); self.savefig(buf, format="png", dpi=self.dpi)
         return buf.getvalue()

@@ -238,3 +238,15 @@ def test_tokenizer_is_required_by_every_text_tower_user():
     assert status("enrichment") == "WARN"
     assert status("vocabulary") == "FAIL" and status("vocabulary_published") == "FAIL"
     assert check_tokenizer(load_config(None, ["encoder.name=medclip-resnet50", "naming.namers=[enrichment]"]))[0].status == "FAIL"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="4-bit MedGemma runs on a CUDA machine: nothing to refuse")
+def test_a_run_fails_before_its_first_stage(tmp_path):
+    "The paper's setting on a CPU with 4-bit MedGemma: `pipeline` and `reproduce` name each problem on one line, make nothing."
+    for cmd in ("pipeline", "reproduce"):
+        r = run_cli(cmd, "--config", ROOT / "configs" / "paper.yaml", "--set", f"run.out_root={tmp_path}", check=False)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and all(l.startswith("medsae: ") for l in lines), r.stderr
+        assert [l for l in lines if "naming.load_in_4bit" in l and "CUDA" in l], lines   # the late failure, now first
+        assert [l for l in lines if "data.root" in l], lines
+        assert list(tmp_path.iterdir()) == [], list(tmp_path.iterdir())                # no stage folder, no run folder

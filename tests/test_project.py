@@ -1,4 +1,5 @@
 "The project's shape: notebooks and package in sync, site configuration, configs, README promises."
+import re
 import shutil
 import subprocess
 import sys
@@ -29,7 +30,7 @@ def test_quarto_site_configuration():
     from nbdev.quarto import nbdev_sidebar
     import contextlib, io
     buf = io.StringIO()
-    with contextlib.redirect_stdout(buf): nbdev_sidebar(path=nbs, printit=True)
+    with contextlib.redirect_stdout(buf): nbdev_sidebar(path=nbs, printit=True, force=True)   # custom_sidebar: kept
     assert yaml.safe_load(buf.getvalue()) == yaml.safe_load((nbs / "sidebar.yml").read_text())
     # every page the sidebar and the navbar name exists (the results page through its link)
     pages = yaml.safe_load((nbs / "sidebar.yml").read_text())["website"]["sidebar"]["contents"]
@@ -37,6 +38,16 @@ def test_quarto_site_configuration():
     for page in pages: assert (nbs / page).exists(), page
     assert (nbs / "results.md").resolve() == (ROOT / "RESULTS.md").resolve()
     assert "figures/" in (ROOT / "RESULTS.md").read_text() and (nbs / "figures").resolve() == (ROOT / "figures").resolve()
+
+
+def test_docs_processing_runs_on_every_chapter():
+    "`nbdev_proc_nbs`, the first step of `make docs` (no Quarto needed), runs every chapter's doc cells; the sidebar stays."
+    sidebar = (ROOT / "nbs" / "sidebar.yml").read_bytes()
+    r = subprocess.run([str(Path(sys.executable).parent / "nbdev_proc_nbs")], cwd=ROOT, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert {p.name for p in (ROOT / "_proc").glob("*.ipynb")} == {p.name for p in (ROOT / "nbs").glob("*.ipynb")}
+    assert (ROOT / "nbs" / "sidebar.yml").read_bytes() == sidebar
 
 
 def test_pipeline_notebooks_are_numbered_and_take_parameters():
@@ -86,6 +97,10 @@ def test_the_two_paper_configs_differ_only_in_the_published_choices():
 def test_readme_leads_with_the_two_commands():
     text = (ROOT / "README.md").read_text()
     assert "make reproduce" in text and "make test" in text
+    assert len(text.splitlines()) <= 150                                     # a front page; the rest is in the chapters
+    assert text.index("make reproduce") < 1500                                # the two commands come first
+    for link in re.findall(r"\]\(([^)\s#]+)\)", text):                      # every image and file it links exists
+        assert link.startswith("http") or (ROOT / link).exists(), link
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in ci
 
