@@ -35,7 +35,11 @@ def _labels_value(v: str | None):
     return v if v is None or v in LABEL_SETS else [l.strip() for l in v.split(",")]
 
 def _cfg(args, extra=()):
-    return load_config(args.config, list(args.overrides) + [e for e in extra if e])
+    "The command's config; the numeric paths it asks for (`run.pin_cpu`) are set before anything loads numpy or torch."
+    from medsae.numerics import apply_pinning
+    cfg = load_config(args.config, list(args.overrides) + [e for e in extra if e])
+    apply_pinning(cfg.run.pin_cpu)
+    return cfg
 
 # %% ../nbs/90_cli.ipynb #5763385f
 _LABELS = f"label set name ({', '.join(LABEL_SETS)}) or comma-separated observations"

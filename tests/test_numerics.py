@@ -43,3 +43,19 @@ def test_pinned_paths_give_the_same_bits_on_another_cpu():
     parts = [k for k in native if k not in ("pinned", "aten")]
     differ = [k for k in parts if free[k] != free_haswell[k]]
     assert {"encoder", "embeddings", "sae"} <= set(differ), differ    # unpinned, the two CPUs compute other numbers
+
+
+def test_a_config_that_turns_pinning_off_reaches_the_libraries():
+    "`--set run.pin_cpu=false` on the command line unpins the process before torch loads (as MEDSAE_PIN_CPU=0 does)."
+    code = ("import argparse; from medsae.cli import _cfg; from medsae.numerics import numerics_state as s; "
+            "_cfg(argparse.Namespace(config=None, overrides={over!r})); "
+            "import torch; print(torch.backends.cpu.get_cpu_capability(), s()['pinned'])")
+    env = {k: v for k, v in os.environ.items() if k not in PINS and k != "MEDSAE_PIN_CPU"}
+    run = lambda over, **e: subprocess.run([sys.executable, "-c", code.format(over=over)], capture_output=True,
+                                           text=True, env={**env, **e}, check=True).stdout.split()
+    off, on = run(["run.pin_cpu=false"]), run([])
+    free = subprocess.run([sys.executable, "-c", "import medsae, torch; print(torch.backends.cpu.get_cpu_capability())"],
+                          capture_output=True, text=True, env={**env, "MEDSAE_PIN_CPU": "0"}, check=True).stdout.split()
+    assert off[1] == "False" and on[1] == str(platform.machine() == "x86_64")
+    assert off[0] == free[0]                             # the capability this CPU picks when nothing is pinned
+    if _avx512(): assert (off[0], on[0]) == ("AVX512", "AVX2"), (off, free, on)
