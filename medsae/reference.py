@@ -180,7 +180,8 @@ def verify(cfg: Config, page: str | Path | None = None, against: str | Path | No
         for s, c in v.by_section.items():
             if sum(c.values()): log(f"{s:<{w}}  {c['equal']:5d}  {c['within']:6d}  {c['outside']:7d}  {c['ids']:3d}")
         for key, got, want in v.outside[:30]:
-            log(f"  outside: {' > '.join(k for k in key[:3] if k)}: {got} here, {want} committed")
+            where = " > ".join(k if len(k) <= 40 else k[:38] + ".." for k in key[:3] if k)
+            log(f"  outside: {where}: {got} here, {want} committed")
         if len(v.outside) > 30: log(f"  ... and {len(v.outside) - 30} more")
         log(f"verdict: {v.word} - {v.counts['equal']} equal, {v.counts['within']} within tolerance (the committed "
             f"interval, else {rtol:.0%}), {v.counts['outside']} outside, {v.counts['ids']} latent ids differ; "
@@ -199,8 +200,8 @@ def update_reference(cfg: Config, check: bool = True, root: str | Path | None = 
         why = is_default_run(cfg)
         if why: raise ConfigError(f"not the default run: {why[0]}" + (f" (and {len(why) - 1} more)" if len(why) > 1 else ""))
         head = git_state(root)
-        for d in sorted(p for p in Path(R.path).iterdir() if p.is_dir() and is_complete(p)):
-            g = read_provenance(d)["git"]
+        gits = {d: read_provenance(d)["git"] for d in sorted(p for p in Path(R.path).iterdir() if p.is_dir() and is_complete(p))}
+        for d, g in sorted(gits.items(), key=lambda kv: not kv[1].get("dirty")):   # uncommitted changes first
             if g.get("dirty") or g.get("commit") != head["commit"]:
                 raise ConfigError(f"{d}: made at commit {str(g.get('commit'))[:12]}"
                                   f"{' with uncommitted changes' if g.get('dirty') else ''}, not at the clean current "
