@@ -1,11 +1,11 @@
-"""The default reproduction as `make reproduce` runs it (the Papermill pipeline notebooks, small sizes, into a
-temporary run folder), then `medsae reproduce` (no Jupyter) on the same run: every stage reused; one changed
-parameter reruns only the stages downstream of it."""
+"""The default reproduction as `make reproduce` runs it (the Papermill pipeline notebooks, small sizes), in a git clone
+of the working tree with its own code, `figures/` and `runs/`, as a reviewer has it: no tracked file changes; the
+verdict and the reference commands; then `medsae reproduce` (no Jupyter) on the same run: every stage reused; one
+changed parameter reruns only the stages downstream of it."""
 import json
+from pathlib import Path
 
 import numpy as np
-
-from pathlib import Path
 
 from conftest import ROOT, TINY, clone_env, run_cli, working_clone
 from medsae.layout import FiguresFolder, RunLayout, sibling
