@@ -27,7 +27,7 @@ from .config import Config, config_to_dict
 # %% auto #0
 __all__ = ['KEY_PACKAGES', 'repo_root', 'sha256_file', 'sha256_bytes', 'hash_config', 'atomic_path', 'atomic_write_text',
            'atomic_write_json', 'package_versions', 'git_state', 'environment_info', 'cached_sha256', 'hash_inputs',
-           'StageRun', 'is_complete', 'read_provenance', 'stage_run']
+           'StageRun', 'is_complete', 'finished_stages', 'read_provenance', 'stage_run']
 
 # %% ../nbs/01_provenance.ipynb #a71def9b
 def repo_root(start: str | Path | None = None) -> Path:
@@ -167,6 +167,11 @@ class StageRun:
 def is_complete(stage_dir: str | Path) -> bool:
     "Whether a stage folder holds a finished result."
     return (Path(stage_dir) / "provenance.json").exists()
+
+def finished_stages(run_dir: str | Path) -> list[Path]:
+    "The stage folders of a run that hold a finished result, by name."
+    d = Path(run_dir)
+    return sorted(p for p in d.iterdir() if p.is_dir() and is_complete(p)) if d.is_dir() else []
 
 def read_provenance(stage_dir: str | Path) -> dict:
     "The provenance record of a finished stage."

@@ -145,12 +145,12 @@ def run_page(cfg: Config) -> Path:
 def is_default_run(cfg: Config) -> list[str]:
     "How the run's stages' configs differ from the built-in defaults (empty: the default run), runtime fields aside."
     from medsae.layout import RunLayout
-    from medsae.provenance import is_complete, read_provenance
+    from medsae.provenance import finished_stages, read_provenance
     skip = runtime_fields() | {"run.out_root"}
     flat = lambda d: {f"{s}.{k}": v for s, sec in d.items() if isinstance(sec, dict) for k, v in sec.items()}
     want = flat(config_to_dict(Config()))
     R, why = RunLayout(cfg.run_dir), []
-    for d in sorted(p for p in Path(R.path).iterdir() if p.is_dir() and is_complete(p)):
+    for d in finished_stages(R.path):
         got = flat(read_provenance(d)["config"])
         why += [f"{d.name}: {k} = {got.get(k)!r} (default {v!r})" for k, v in want.items()
                 if k not in skip and got.get(k) != v]
@@ -193,14 +193,14 @@ def update_reference(cfg: Config, check: bool = True, root: str | Path | None = 
     it shows go to `figures/reference/`. `check`: refuse a run that is not the default config, or whose stages were not
     all made at the current commit with a clean tree."""
     from medsae.layout import RunLayout
-    from medsae.provenance import git_state, is_complete, read_provenance
+    from medsae.provenance import finished_stages, git_state, read_provenance
     root = Path(root) if root else _repo_root()
     page, R = run_page(cfg), RunLayout(cfg.run_dir)
     if check:
         why = is_default_run(cfg)
         if why: raise ConfigError(f"not the default run: {why[0]}" + (f" (and {len(why) - 1} more)" if len(why) > 1 else ""))
         head = git_state(root)
-        gits = {d: read_provenance(d)["git"] for d in sorted(p for p in Path(R.path).iterdir() if p.is_dir() and is_complete(p))}
+        gits = {d: read_provenance(d)["git"] for d in finished_stages(R.path)}
         for d, g in sorted(gits.items(), key=lambda kv: not kv[1].get("dirty")):   # uncommitted changes first
             if g.get("dirty") or g.get("commit") != head["commit"]:
                 raise ConfigError(f"{d}: made at commit {str(g.get('commit'))[:12]}"

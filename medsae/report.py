@@ -118,9 +118,8 @@ def _setting_lines(cfg, R, emb: dict, sae: dict) -> list[str]:
 def _numerics_line(R) -> str:
     "The numeric paths that the run's stages ran with (their provenance), and what that means on another machine."
     from medsae.numerics import PINS
-    from medsae.provenance import is_complete, read_provenance
-    states = {d.name: read_provenance(d).get("numerics") or {} for d in sorted(Path(R.path).iterdir())
-              if d.is_dir() and is_complete(d)}
+    from medsae.provenance import finished_stages, read_provenance
+    states = {d.name: read_provenance(d).get("numerics") or {} for d in finished_stages(R.path)}
     na = sorted({v.get("machine", "?") for v in states.values() if v.get("applies") is False})
     off = [s for s, v in states.items() if not v.get("pinned") and v.get("applies") is not False]
     if na: text = (f"not pinned: the pins concern x86-64 CPUs, and this run ran on {', '.join(na)}; its numbers are "
