@@ -67,10 +67,13 @@ check-sync: $(STAMP)
 
 # Documentation site: nbdev_proc_nbs (no Quarto: executes every chapter's doc cells into _proc/, tested), then Quarto,
 # which cannot be installed on the project's machines (see README).
+# The documentation site: nbdev processes the chapters into _proc/, then Quarto renders the official site (_docs/);
+# where Quarto is missing, nbconvert renders the same pages, sidebar and results page into _site/ (nbs/70_report).
 docs: $(STAMP)
 	$(VENV)/bin/nbdev_proc_nbs
-	@command -v quarto >/dev/null || { echo "Quarto is not installed (https://quarto.org): the processed chapters are in _proc/; the site config is _quarto.yml"; exit 1; }
-	$(VENV)/bin/nbdev_docs
+	@if command -v quarto >/dev/null; then $(VENV)/bin/nbdev_docs; else \
+	  echo "Quarto is not installed (https://quarto.org; the official site needs it): rendering _site/ with nbconvert"; \
+	  $(OFFLINE) $(PY) -c "from medsae.report import build_site; print(len(build_site()), 'pages in _site/')"; fi
 
 bench: setup
 	@for b in scripts/bench_*.py; do echo "== $$b"; $(OFFLINE) $(PY) $$b; done
@@ -92,4 +95,4 @@ lock:
 	rm -rf .venv-lock
 
 clean:
-	rm -rf runs _docs _proc .pytest_cache
+	rm -rf runs _docs _proc _site .pytest_cache

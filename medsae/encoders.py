@@ -395,9 +395,20 @@ class MedCLIPTextSentence(nn.Module):
 
     @torch.no_grad()
     def embed_sentences(self, sentences: Sequence[str], batch_size: int = 128) -> torch.Tensor:
-        "Frozen backbone embeddings (normalised) of sentences."
-        return self.backbone.encode(list(sentences), batch_size=batch_size, convert_to_tensor=True,
-                                    normalize_embeddings=True, show_progress_bar=False).float().cpu()
+        """Frozen backbone embeddings (normalised) of sentences, in batches of similar length (longest first, equal
+        lengths by text), so that a sentence's batch, its padding and its embedding depend on the set of sentences
+        only. Not `SentenceTransformer.encode`, whose order of equal lengths is numpy's unstable `argsort`: it differs
+        between CPUs and with the input's order, and so did the embeddings' last digits (nbs/04_numerics)."""
+        from sentence_transformers.util import batch_to_device
+        m, s = self.backbone, list(sentences)
+        prep = getattr(m, "preprocess", None) or m.tokenize      # sentence-transformers >= 5, and before
+        out = torch.empty(len(s), self.projection_head.in_features)
+        order = sorted(range(len(s)), key=lambda i: (-len(s[i]), s[i]))
+        for b in range(0, len(s), batch_size):
+            idx = order[b:b + batch_size]
+            feats = batch_to_device(prep([s[i] for i in idx]), m.device)
+            out[idx] = F.normalize(m(feats)["sentence_embedding"].float(), dim=-1).cpu()
+        return out
 
     def forward(self, backbone_embeddings: torch.Tensor) -> torch.Tensor:
         return self.projection_head(backbone_embeddings)

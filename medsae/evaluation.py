@@ -425,7 +425,7 @@ def _by_parts(t: pd.DataFrame, pr: pd.DataFrame, prefix: str):
 def hungarian_matching(auc: np.ndarray, names: Sequence[str], candidates: int = 50) -> pd.DataFrame:
     "One latent per concept, distinct, maximising the summed AUROC."
     from scipy.optimize import linear_sum_assignment
-    cand = np.unique(np.argsort(-auc, axis=0)[:candidates].ravel())
+    cand = np.unique(np.argsort(-auc, axis=0, kind="stable")[:candidates].ravel())
     ri, ci = linear_sum_assignment(-auc[cand])
     out = pd.DataFrame({"concept": [names[c] for c in ci], "matched_unit": cand[ri], "matched_auroc": auc[cand[ri], ci]})
     out = out.set_index("concept").reindex(list(names)).reset_index()      # more concepts than units: -1, unmatched
@@ -537,7 +537,7 @@ def plot_correlation_heatmap(r: np.ndarray, best_units: np.ndarray, labels: Sequ
 def plot_concept_recovery(t: pd.DataFrame, min_auroc: float = 0.9, title: str = ""):
     "Best SAE latent vs best raw dimension AUROC per concept; filled markers: recovered."
     import matplotlib.pyplot as plt
-    t = t.sort_values("sae_auroc")
+    t = t.sort_values("sae_auroc", kind="stable")
     fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.26 * len(t)))
     yy = np.arange(len(t))
     ax.barh(yy + 0.2, t.sae_auroc - 0.5, left=0.5, height=0.4, color="tab:blue", label="best SAE latent")

@@ -221,7 +221,7 @@ class LatentAtlas:
     def concept_auroc(self, j: int) -> pd.Series:
         "AUROC of latent `j` as a detector of every planted concept, highest first."
         if self._auroc is None: return pd.Series(dtype="float32")
-        return pd.Series(np.asarray(self._auroc[int(j)]), index=self._concepts).sort_values(ascending=False)
+        return pd.Series(np.asarray(self._auroc[int(j)]), index=self._concepts).sort_values(ascending=False, kind="stable")
 
     def latents_for_concept(self, concept: str, min_auroc: float = 0.8) -> pd.Series:
         "Latents detecting `concept` with AUROC >= `min_auroc`: a Series latent -> AUROC, highest first."
@@ -299,10 +299,10 @@ class LatentAtlas:
         "A few latents worth a first look: labels' best units, then concepts' best latents, then named, then frequent."
         out: list[int] = []
         if self.best_units is not None and {"sae_unit", "sae_r"} <= set(self.best_units.columns):
-            b = self.best_units.dropna(subset=["sae_unit"]).sort_values("sae_r", ascending=False)
+            b = self.best_units.dropna(subset=["sae_unit"]).sort_values("sae_r", ascending=False, kind="stable")
             out += [int(u) for u in b["sae_unit"] if int(u) >= 0]
         if self._auroc is not None:
-            bc = self.best_concepts().sort_values("auroc", ascending=False)
+            bc = self.best_concepts().sort_values("auroc", ascending=False, kind="stable")
             out += bc.drop_duplicates("concept").index.tolist()
         out += sorted(self._search_text()["name"])
         alive = self.alive()

@@ -304,7 +304,7 @@ class VocabularyNamer:
         for it in items:
             t0 = time.time()
             s = self.t @ self.direction(it)
-            k = np.argsort(-s)[: self.top]
+            k = np.argsort(-s, kind="stable")[: self.top]
             out.append(NameResult(it.unit, it.unit_kind, self.name, self.prompt_hash, concept=self.vocabulary[k[0]],
                                   description="; ".join(f"{self.vocabulary[i]} ({s[i]:.3f})" for i in k), score=float(s[k[0]]),
                                   ok=True, n_active=it.n_active, seconds=time.time() - t0,

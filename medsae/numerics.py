@@ -14,7 +14,7 @@ __all__ = ['PINS', 'NUMERIC_LIBS', 'pins_apply', 'pin_cpu', 'pinned', 'apply_pin
 
 # %% ../nbs/04_numerics.ipynb #80a8964c
 PINS: dict[str, str] = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "COMPATIBLE",
-                        "OPENBLAS_CORETYPE": "Haswell"}
+                        "OPENBLAS_CORETYPE": "Haswell", "NPY_DISABLE_CPU_FEATURES": "X86_V4"}
 "The environment that pins each numeric library's instruction path on x86-64."
 
 NUMERIC_LIBS = ("numpy", "torch", "scipy", "sklearn")

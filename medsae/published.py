@@ -348,7 +348,7 @@ def plot_sparsity(freqs: dict[str, np.ndarray], title: str = "", colour: np.ndar
         norm = plt.Normalize(np.nanmin(mean_c), np.nanmax(mean_c))
         ax.bar(edges[:-1], cnt, width=np.diff(edges), align="edge", color=plt.cm.viridis(norm(np.nan_to_num(mean_c))), label=lab)
         sm = plt.cm.ScalarMappable(norm=norm, cmap="viridis"); fig.colorbar(sm, ax=ax, label=colour_label)
-        best = np.argsort(-np.where(alive, colour, -np.inf))[:top]
+        best = np.argsort(-np.where(alive, colour, -np.inf), kind="stable")[:top]
         ax.hist(v[best], bins=bins, histtype="step", color="red", lw=1.4, label=f"top {top} by {colour_label}")
     ax.set_xlabel("log10 firing frequency (fraction of images the latent is active on)"); ax.set_ylabel("latents")
     ax.set_title(title, fontsize=10); ax.legend(fontsize=7); fig.tight_layout()
@@ -625,7 +625,7 @@ PUBLISHED_SCRIPTS = [
 ]
 "The published scripts beyond the paper's pipeline, and the part of the results page that holds each counterpart."
 
-def _fmt(v, nd: int = 3) -> str:
+def _fmt(v, nd: int = 2) -> str:
     return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
 def results_section(cfg, R, link: Callable, table: Callable, number: str = "6") -> list[str]:
@@ -633,13 +633,16 @@ def results_section(cfg, R, link: Callable, table: Callable, number: str = "6") 
     import json
     from medsae.layout import sibling
     pub = json.loads(R.evaluate.published.read_text()) if R.evaluate.published.exists() else {}
+    done = {"a": "linearity" in pub, "b": "probes" in pub, "c": "sparsity" in pub, "d": "sweep_ranking" in pub,
+            "e": "detector" in pub, "f": cfg.naming.name_raw, "g": "vocabulary_published" in cfg.naming.namers, "h": True}
     L = [f"## {number}. The published code's other analyses", "",
+         "**Does this run do what the published code's other scripts do?** "
+         + ("Yes, every one" if all(done.values()) else f"{sum(done.values())} of its {len(done)} analyses")
+         + ": the table says where on this page.", "",
          "The published repository's scripts beyond the paper's pipeline, rebuilt in `nbs/54_published`, "
          "`nbs/55_published_naming` and `nbs/56_general` (run by the evaluate and name stages; "
          f"`analyses.published: {str(cfg.analyses.published).lower()}`).", "",
          "| published script | counterpart | on this page |", "|---|---|---|"]
-    done = {"a": "linearity" in pub, "b": "probes" in pub, "c": "sparsity" in pub, "d": "sweep_ranking" in pub,
-            "e": "detector" in pub, "f": cfg.naming.name_raw, "g": "vocabulary_published" in cfg.naming.namers, "h": True}
     for script, what, key in PUBLISHED_SCRIPTS:
         L.append(f"| `{script}` | {what} | {f'{number}{key}' if done[key] else 'not in this run'} |")
     L.append("")
@@ -718,6 +721,6 @@ def results_section(cfg, R, link: Callable, table: Callable, number: str = "6") 
               "images are judged with the others, namer `vocabulary_published`).", ""]
     L += [f"### {number}h. The general-domain SAE", "",
           "The same pipeline on a general CLIP over any folder of images: `configs/general.yaml` (open_clip RN50 on "
-          "CC3M with the published settings; README, 'A general-domain SAE'); tested offline on a small folder with "
+          "CC3M with the published settings; chapter `nbs/56_general`); tested offline on a small folder with "
           "random weights (`tests/test_general.py`).", ""]
     return L

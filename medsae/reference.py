@@ -14,7 +14,7 @@ from .config import Config, ConfigError, config_to_dict, runtime_fields
 
 # %% auto #0
 __all__ = ['Number', 'numbers', 'page_items', 'Verdict', 'judge', 'compare_pages', 'run_page', 'is_default_run', 'verify',
-           'update_reference']
+           'page_links', 'update_reference']
 
 # %% ../nbs/71_reference.ipynb #38c831b6
 _NUM = r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:e[-+]?\d+)?"
@@ -188,9 +188,13 @@ def verify(cfg: Config, page: str | Path | None = None, against: str | Path | No
             f"{v.only_reference} rows only on the committed page, {v.only_run} only on yours")
     return v
 
+def page_links(text: str) -> list[str]:
+    "The local files a markdown page links or shows (not web addresses or anchors)."
+    return [l for l in re.findall(r"\]\(([^)\s]+)\)", text) if not re.match(r"[a-z]+:|#", l)]
+
 def update_reference(cfg: Config, check: bool = True, root: str | Path | None = None, log=print) -> list[Path]:
     """Make the finished run of `cfg` the repository's reference: its page becomes `RESULTS.md` and exactly the images
-    it shows go to `figures/reference/`. `check`: refuse a run that is not the default config, or whose stages were not
+    it shows and the tables it links go to `figures/reference/`. `check`: refuse a run that is not the default config, or whose stages were not
     all made at the current commit with a clean tree."""
     from medsae.layout import RunLayout
     from medsae.provenance import finished_stages, git_state, read_provenance
@@ -207,16 +211,16 @@ def update_reference(cfg: Config, check: bool = True, root: str | Path | None = 
                                   f"{' with uncommitted changes' if g.get('dirty') else ''}, not at the clean current "
                                   f"commit {str(head['commit'])[:12]}: make the reference from a cold run of a clean clone")
     text = page.read_text()
-    shown = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", text)
+    shown = page_links(text)
     folder = root / "figures" / "reference"
     missing = [s for s in shown if not s.startswith("figures/reference/") or not (R.report.reference / Path(s).name).is_file()]
-    if missing: raise ConfigError(f"{page}: shows {missing[0]}, which the run's {R.report.reference} does not hold")
+    if missing: raise ConfigError(f"{page}: links {missing[0]}, which the run's {R.report.reference} does not hold")
     folder.mkdir(parents=True, exist_ok=True)
     names = {Path(s).name for s in shown}
-    for old in folder.glob("*.png"):
+    for old in [*folder.glob("*.png"), *folder.glob("*.csv")]:
         if old.name not in names: old.unlink()
     for n in sorted(names): shutil.copyfile(R.report.reference / n, folder / n)
     from medsae.provenance import atomic_write_text
     atomic_write_text(root / "RESULTS.md", text)
-    log(f"reference updated from {R.path}: RESULTS.md and {len(names)} images in {folder}")
+    log(f"reference updated from {R.path}: RESULTS.md and the {len(names)} images and tables it links in {folder}")
     return [root / "RESULTS.md", *sorted(folder / n for n in names)]

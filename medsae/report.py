@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['PAPER', 'REFERENCE', 'cosine_knn', 'decoder_umap', 'latent_colours', 'results_page', 'report_stage_run',
-           'reference_figures', 'page_with_images', 'render_notebooks', 'show_plotly', 'show_figure',
-           'write_plotly_html', 'unit_table', 'run_units', 'entropy_r_figure', 'label_heatmap_figure',
-           'decoder_map_figure', 'interactive_figures']
+__all__ = ['PAPER', 'PAGE_MAX_COLUMNS', 'PAGE_COLUMNS', 'PAGE_DIGITS', 'REFERENCE', 'SITE_CSS', 'CLS', 'cosine_knn',
+           'decoder_umap', 'latent_colours', 'page_table', 'results_page', 'report_stage_run', 'reference_figures',
+           'page_with_images', 'render_notebooks', 'build_site', 'show_plotly', 'show_figure', 'write_plotly_html',
+           'unit_table', 'run_units', 'entropy_r_figure', 'label_heatmap_figure', 'decoder_map_figure',
+           'interactive_figures']
 
 # %% ../nbs/70_report.ipynb #694b5ac3
 PAPER = {
@@ -85,7 +87,55 @@ def latent_colours(m: int, metrics_dir: Path, r: np.ndarray | None = None, label
 # %% ../nbs/70_report.ipynb #3f23e7d6
 def _read(p: Path) -> str: return p.read_text() if p.exists() else ""
 
-def _md_table(df: pd.DataFrame) -> str: return df.to_markdown(index=False)
+PAGE_MAX_COLUMNS = 8
+"The most columns a table on the results page has: a wider table shows `PAGE_COLUMNS` and links its full CSV."
+
+PAGE_COLUMNS: dict[str, list[str]] = {
+    "monosemanticity": ["units", "entropy of best unit (paper headline)", "r of best unit", "held-out best: entropy",
+                        "held-out best: r", "units above thr", "detector F1 (best per class)", "Monosemanticity Score"],
+    "best_units": ["label", "positives", "sae_unit", "sae_r", "sae_entropy", "raw_unit", "raw_r", "raw_entropy"],
+    "summary": ["namer", "unit_kind", "accuracy", "precision", "recall", "f1", "accuracy_sd", "units"],
+    "sweep": ["name", "latents", "l1", "steps", "fve", "l0", "dead", "selected"],
+    "ablation": ["choice", "labels used", "entropy raw", "entropy SAE", "SAE - raw [lo, hi]", "change vs baseline"],
+    "concept_recovery": ["concept", "positives", "probe_auroc", "sae_latent", "sae_auroc", "sae_recovered", "raw_auroc",
+                         "raw_recovered"],
+    "linearity_summary": ["kind", "fit", "composites", "cosine", "cosine_centred", "negative weights", "zero weights"],
+    "probes_1d": ["label", "sae_unit", "sae_f1", "sae_heldout_f1", "raw_unit", "raw_f1", "raw_heldout_f1"],
+    "sweep_ranking": ["sae", "fve", "l0", "dead", "mean_best_r", "mean_best_entropy", "published choice", "our choice"],
+}
+"The columns a results-page table shows, by the stem of its CSV; tables not named here show every column (at most 8)."
+
+PAGE_DIGITS: dict[str, int] = {"fve": 3, "cos": 3, "l0": 1, "mse": 1}
+"""Decimals by column; every other number has 2. An AUROC, r, F1 or entropy from a few hundred to 2,000 images has a
+bootstrap interval of a few hundredths (the headline's is about +-0.03), so a third decimal would be noise; FVE and
+cosine over 2,000 held-out embeddings vary in the third."""
+
+_NUM = re.compile(r"[+-]?\d+\.\d+(?:e[+-]?\d+)?|[+-]?\d+")
+
+def _cells(col: pd.Series, digits: int) -> pd.Series:
+    "One column's cells as page text: integers as integers, other numbers at `digits` decimals (a sign kept)."
+    s = col.astype(str)
+    num = s.str.fullmatch(_NUM.pattern)
+    vals = pd.to_numeric(s.where(num), errors="coerce")
+    whole = bool(num.any()) and bool((vals[num] == vals[num].round()).all()) and not s[num].str.contains(r"\.\d*[1-9]").any()
+    def one(t, v, is_num):
+        if not is_num: return re.sub(r"-?\d+\.\d{3,}", lambda m: f"{float(m.group()):.{digits}f}", t) if "[" in t else t
+        if whole: return f"{int(v)}"
+        return f"{v:+.{digits}f}" if t.startswith("+") else f"{v:.{digits}f}"
+    return pd.Series([one(t, v, n) for t, v, n in zip(s, vals, num)], index=col.index)
+
+def page_table(df: pd.DataFrame, cols: list[str] | None = None) -> tuple[str, bool]:
+    """A table as the results page prints it: no index, the columns `cols` (default all) and never more than
+    `PAGE_MAX_COLUMNS`, numbers to `PAGE_DIGITS`, headers with spaces. Returns the markdown and whether columns were
+    left out (then the page links the full CSV)."""
+    df = df.drop(columns=[c for c in df.columns if str(c) == "" or str(c).startswith("Unnamed: ")])
+    keep = [c for c in (cols or list(df.columns)) if c in df.columns][:PAGE_MAX_COLUMNS]
+    out = pd.DataFrame({c: _cells(df[c].fillna(""), PAGE_DIGITS.get(c, 2)) for c in keep})
+    out.columns = [str(c).replace("sae_", "SAE ").replace("raw_", "raw ").replace("_", " ") for c in keep]
+    right = [out[c].str.fullmatch(_NUM.pattern + r"|n/a|").all() for c in out.columns]     # numbers align right
+    return (out.to_markdown(index=False, disable_numparse=True, colalign=["right" if r else "left" for r in right]),
+            len(keep) < len(df.columns))
+
 
 # %% ../nbs/70_report.ipynb #de4fd1e2
 def _setting_lines(cfg, R, emb: dict, sae: dict) -> list[str]:
@@ -143,7 +193,14 @@ def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "", l
         name = figures.of(stage, path, base).name
         if links is not None: links[name] = Path(path)
         return prefix + name
-    table = lambda path: _read(sibling(path, ".md"))
+    def table(path, cols=None):
+        "A stage's table (its CSV) as `page_table` prints it, and a link to the CSV when columns are left out."
+        csv = sibling(path, ".csv")
+        if not csv.exists(): return ""
+        md, cut = page_table(pd.read_csv(csv, dtype=str, keep_default_na=False), cols or PAGE_COLUMNS.get(csv.stem))
+        if not cut: return md
+        link = f(csv.parent.name, csv)                       # recorded in `links` only when the page shows it
+        return md + f"\n\nEvery column: [{Path(link).name}]({link})."
     rec = lambda d: read_provenance(d)["record"] if is_complete(d) else {}
     met = json.loads(_read(R.evaluate.summary) or "{}")
     emb, sae = rec(R.extract), rec(R.sae)
@@ -178,23 +235,30 @@ def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "", l
     # 1. headline
     comp = met.get("comparison", {})
     raw, sa, dif = comp.get("raw", {}), comp.get("sae", {}), comp.get("sae - raw", {})
-    ci = lambda d, k: (f"{d[k]:.3f} [{d[k + '_lo']:.3f}, {d[k + '_hi']:.3f}]" if d.get(k) is not None and d.get(k + "_lo") is not None
-                       else (f"{d[k]:.3f}" if d.get(k) is not None else "n/a"))
+    ci = lambda d, k: (f"{d[k]:.2f} [{d[k + '_lo']:.2f}, {d[k + '_hi']:.2f}]" if d.get(k) is not None and d.get(k + "_lo") is not None
+                       else (f"{d[k]:.2f}" if d.get(k) is not None else "n/a"))
+    d, lo, hi = (dif.get(k) for k in ("mean_best_entropy", "mean_best_entropy_lo", "mean_best_entropy_hi"))
+    paper_d = f"{PAPER['entropy_sae'] - PAPER['entropy_raw']:+.2f}"
+    verdict = ("not measured (no labels)" if d is None else
+               "yes" if hi is not None and hi < 0 else "no, less so" if lo is not None and lo > 0 else
+               "not distinguishable" if hi is not None else "yes" if d < 0 else "no")
     L += ["## 1. Monosemanticity: raw embedding dimensions vs SAE latents (the paper's headline)", "",
+          f"**Are SAE latents more monosemantic than raw embedding dimensions?** {verdict.capitalize()}: SAE - raw mean "
+          f"entropy of each label's best unit is {ci(dif, 'mean_best_entropy')} (paper: {paper_d}).", "",
           "Mean over labels of the entropy of each label's best unit (lower = more monosemantic), and of its "
           "correlation; 95% paired-bootstrap intervals in brackets (basic intervals; see the evaluation chapter).", "",
           f"| quantity | paper ({PAPER['data'].split(';')[0]}, MedCLIP-ResNet50, 14 labels) | this run ({'PhantomCXR' if phantom else 'CheXpert'}, {enc}, {len(met.get('labels', []))} labels) |",
           "|---|---|---|",
           f"| entropy, raw dimensions | {PAPER['entropy_raw']} | {ci(raw, 'mean_best_entropy')} |",
           f"| entropy, SAE latents | {PAPER['entropy_sae']} | {ci(sa, 'mean_best_entropy')} |",
-          f"| SAE - raw | {PAPER['entropy_sae'] - PAPER['entropy_raw']:+.2f} | {ci(dif, 'mean_best_entropy')} |",
+          f"| SAE - raw | {paper_d} | {ci(dif, 'mean_best_entropy')} |",
           f"| best-unit r, raw / SAE | not reported | {ci(raw, 'mean_best_r')} / {ci(sa, 'mean_best_r')} |",
           f"| held-out best unit (chosen on `{met.get('selection_split')}`): entropy raw / SAE | not reported | "
-          f"{raw.get('heldout_mean_best_entropy', float('nan')):.3f} / {sa.get('heldout_mean_best_entropy', float('nan')):.3f} |",
-          f"| held-out best unit: r raw / SAE | not reported | {raw.get('heldout_mean_best_r', float('nan')):.3f} / "
-          f"{sa.get('heldout_mean_best_r', float('nan')):.3f} |",
+          f"{raw.get('heldout_mean_best_entropy', float('nan')):.2f} / {sa.get('heldout_mean_best_entropy', float('nan')):.2f} |",
+          f"| held-out best unit: r raw / SAE | not reported | {raw.get('heldout_mean_best_r', float('nan')):.2f} / "
+          f"{sa.get('heldout_mean_best_r', float('nan')):.2f} |",
           f"| maximum possible entropy | ln 14 = 2.639 | ln {len(met.get('labels', []))} = {np.log(max(len(met.get('labels', [])), 1)):.3f} |",
-          "", "The full table (all statistics, detector F1, Monosemanticity Score, permutation null):", "",
+          "", "More statistics (detector F1, Monosemanticity Score; the permutation null is in the CSV):", "",
           table(R.evaluate.monosemanticity), "",
           f"![entropy histogram]({f('evaluate', R.evaluate.entropy_hist)})", "",
           f"![best latent of each label vs every label]({f('evaluate', R.evaluate.heatmap)})", "",
@@ -202,38 +266,61 @@ def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "", l
     # 2. named latents
     ns = rec(R.name_stage)
     L += ["## 2. Named latents", "",
+          f"**How many latents got a name?** {ns.get('named', 'n/a')} (those active on more than {ns.get('min_active')} "
+          f"`{ns.get('split')}` images; paper: {PAPER['named_latents']} named as medically meaningful concepts).", "",
           f"Paper: MedGemma named the latents active on more than 60 images; {PAPER['named_latents']} were named as "
           f"medically meaningful concepts (example: \"{PAPER['edema_example']}\").", "",
-          f"This run: {ns.get('named', 'n/a')} latents active on more than {ns.get('min_active')} `{ns.get('split')}` images "
-          f"named by {', '.join(ns.get('namers', []))} (failures: {ns.get('failures', 'n/a')}). The best latent of each "
-          "label and its names:", "", table(R.name_stage.named), ""]
+          f"This run's namers: {', '.join(ns.get('namers', []))} (failures: {ns.get('failures', 'n/a')}). The best latent "
+          "of each label and its names:", "", table(R.name_stage.named), ""]
     # 3. naming accuracy
     ne = rec(R.score_names)
-    L += ["## 3. Naming accuracy (detection test)", "",
+    ss = pd.read_csv(R.score_names.summary) if R.score_names.summary.exists() else pd.DataFrame(columns=["unit_kind"])
+    acc = lambda namer, kind: ss[(ss.namer == namer) & (ss.unit_kind == kind)].accuracy.mean()
+    top = ss[ss.unit_kind == "sae"].sort_values("accuracy", ascending=False, kind="stable").head(1)
+    L += ["## 3. Naming accuracy (detection test)", ""]
+    if len(top):
+        nm = top.namer.iloc[0]
+        L += [f"**Do the names say what a latent detects?** With the best namer (`{nm}`), the judge tells a latent's "
+              f"activating images from others with accuracy {acc(nm, 'sae'):.2f}, against {acc(nm, 'raw'):.2f} for raw "
+              f"dimensions' names and {acc(nm, 'random'):.2f} for random names (chance 0.50; paper: "
+              f"{PAPER['edema_accuracy']} for its one reported latent, pulmonary oedema).", ""]
+    L += [
           f"Paper: MedGemma as judge, 30 activating + 30 non-activating validation images per latent, 5 per prompt; a "
           f"pulmonary-oedema latent reached {PAPER['edema_accuracy']} detection accuracy (chance 0.5).", "",
           f"This run: judge `{ne.get('judge')}`, {ne.get('sae_units')} SAE latents and {ne.get('raw_units')} raw "
           f"dimensions on the `{ne.get('eval_split')}` split, and random explanations (another latent's name):", "",
           table(R.score_names.summary), "", f"![naming accuracy]({f('score-names', R.score_names.figure)})", ""]
     if extra.get("best_named"):
-        L += ["Most accurately named SAE latents:", "", _md_table(pd.DataFrame(extra["best_named"])), ""]
+        L += ["Most accurately named SAE latents:", "", page_table(pd.DataFrame(extra["best_named"]))[0], ""]
     # 4. example panels
     if extra.get("panels"):
-        L += ["## 4. Example latents", ""] + [f"![latent {j}]({f('report', p)})" for j, p in extra["panels"]] + [""]
+        L += ["## 4. Example latents", "", "The most accurately named latents, each with its most and least activating "
+              "images and its activation histogram:", ""] + [f"![latent {j}]({f('report', p)})" for j, p in extra["panels"]] + [""]
     # 5. ours
-    L += ["## 5. Beyond the paper", "", "### SAE sweep: held-out FVE against L0 (Pareto front)", "",
+    L += ["## 5. Beyond the paper", "", "What the paper's numbers rest on, checked: the SAE against a sweep, what each "
+          "published choice does to the headline, and (on PhantomCXR) whether latents recover planted concepts.", "",
+          "### SAE sweep: held-out FVE against L0 (Pareto front)", "",
           table(R.sae.sweep), "", f"![sweep]({f('sae', R.sae.sweep_pareto)})", ""]
     if R.sae.sweep_curves_figure.exists():
         L += [f"Each sweep SAE's held-out FVE and L0 along training (`plateau`: FVE gained less than 0.005 over the last "
               f"quarter of its steps, so the front compares trained SAEs):", "",
               f"![sweep curves]({f('sae', R.sae.sweep_curves_figure)})", ""]
-    if sibling(R.evaluate.ablation, ".md").exists():
-        L += ["### What each published choice does to the headline", "",
+    if R.evaluate.ablation.exists():
+        ab = pd.read_csv(R.evaluate.ablation)
+        moved = ab[ab.choice != "baseline"].dropna(subset=["change"])
+        big = moved.loc[moved.change.abs().idxmax()] if len(moved) else None
+        L += ["### What each published choice does to the headline", ""]
+        if big is not None:
+            L += [f"**Which published choice moves the headline most?** {big.choice}: it changes SAE - raw entropy "
+                  f"by {big.change:+.2f}.", ""]
+        L += [
               "Each row switches one choice of this run to the published code's (labels, label coding, best-unit "
               "selection, SAE training) and recomputes SAE - raw mean best-unit entropy with its 95% paired-bootstrap "
               f"interval (at most {min(cfg.metrics.bootstrap, 200)} resamples, same seed and images as the baseline; "
               "no permutation null); `change vs baseline` is how far that choice alone moves the headline.", "",
               table(R.evaluate.ablation), ""]
+        L += [f"- **{r.choice}**: {r.setting}" + (f"; {r.note}" if isinstance(r.note, str) and r.note else "")
+              for r in ab.itertuples()] + [""]
     if sibling(R.score_names.same_split, ".md").exists():
         L += ["Same-split naming (the published protocol judges a name on the split whose images made it): the SAE "
               "names of this run judged on their naming split against the held-out split, same judge and units; "
@@ -242,9 +329,9 @@ def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "", l
         g = met["ground_truth"]
         cor = (ne.get("correctness") or {})
         L += ["### Concept recovery on PhantomCXR (planted ground truth)", "",
-              f"Rule: a concept is recovered when {g['rule']}. SAE latents recover {g['sae_recovered']} of "
+              f"**Do latents recover the planted concepts?** SAE latents recover {g['sae_recovered']} of "
               f"{g['concepts']} concepts ({g['sae_recovery_rate']:.0%}); single raw dimensions {g['raw_recovered']} "
-              f"({g['raw_recovery_rate']:.0%}). Hungarian one-to-one matching: mean AUROC {g['hungarian_mean_auroc']:.3f}. "
+              f"({g['raw_recovery_rate']:.0%}). Rule: a concept is recovered when {g['rule']}. Hungarian one-to-one matching: mean AUROC {g['hungarian_mean_auroc']:.2f}. "
               f"Polysemanticity (concepts per responsive unit at AUROC >= 0.75): SAE "
               f"{g['sae_polysemanticity']['mean_concepts']:.2f} ({g['sae_polysemanticity']['share_multi']:.0%} respond to "
               f"2 or more), raw {g['raw_polysemanticity']['mean_concepts']:.2f} ({g['raw_polysemanticity']['share_multi']:.0%}).", ""]
@@ -272,7 +359,7 @@ def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "", l
         if g.get("levels") and R.evaluate.recovery.exists():
             rc = pd.read_csv(R.evaluate.recovery)
             inv = rc[rc.sae_detects != rc.concept] if "sae_detects" in rc else rc.iloc[:0]
-            said = "; ".join(f"{r.concept}: latent {r.sae_latent} detects {r.sae_detects} (AUROC {r.sae_auroc:.3f}, "
+            said = "; ".join(f"{r.concept}: latent {r.sae_latent} detects {r.sae_detects} (AUROC {r.sae_auroc:.2f}, "
                              f"{'recovered' if r.sae_recovered else 'not recovered'})" for r in inv.itertuples())
             L += [f"**Two-level factors** ({', '.join(f'{a} / {b}' for a, b in g['levels'].items())}): "
                   f"{g['levels_rule']}. {said or 'No concept is detected by its other level.'}", ""]
@@ -280,7 +367,7 @@ def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "", l
               table(R.evaluate.recovery), "", f"![concept recovery]({f('evaluate', R.evaluate.recovery_figure)})", ""]
         if cor:
             L += [f"Names against the ground truth ({cor.get('rule')}):", "",
-                  _md_table(pd.DataFrame([dict(namer=k, **v) for k, v in cor.get("per_namer", {}).items()])), ""]
+                  page_table(pd.DataFrame([dict(namer=k, **v) for k, v in cor.get("per_namer", {}).items()]))[0], ""]
     if extra.get("umap"):
         L += ["### Decoder directions (UMAP)", "", f"Coloured by {extra['umap']}.", "", f"![umap]({f('report', R.report.umap_figure)})", ""]
     if cfg.data.dataset != "folder":
@@ -294,7 +381,11 @@ def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "", l
              "entropy_r": "entropy against r of every SAE latent and raw dimension",
              "label_heatmap": "the per-label correlation heatmap of the best latents"}
     made = [k for k in pages if k in extra.get("interactive", ())]
-    if made or notebooks is not None:
+    if links is not None:                       # the repository's page links only files the repository holds
+        if made: L += ["A run also writes interactive figures (" + "; ".join(pages[k] for k in made) + ") as "
+                       "`figures/report_*.html`, and its executed notebooks as HTML in `runs/<name>/report/html/`; "
+                       "the repository does not keep them.", ""]
+    elif made or notebooks is not None:
         L += ["## Interactive figures and executed notebooks", ""]
         hp = prefix if html_prefix is None else html_prefix
         L += [f"- [{pages[k]}]({hp}{figures.of('report', getattr(R.report, k)).name}) (plotly, offline)" for k in made]
@@ -384,14 +475,18 @@ REFERENCE = "figures/reference"
 "Where the repository keeps the reference run's figures that its RESULTS.md shows (relative to the repository root)."
 
 def reference_figures(links: dict, folder: str | Path, max_width: int = 1400) -> list[Path]:
-    "Copy the PNGs a page shows (`links`: name -> file) into `folder`, narrowed to `max_width` px; clears stale ones."
+    """Copy the PNGs and CSVs a page links (`links`: name -> file) into `folder`, PNGs narrowed to `max_width` px;
+    clears stale ones."""
+    import shutil
     from PIL import Image
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.png"):
+    for old in [*folder.glob("*.png"), *folder.glob("*.csv")]:
         if old.name not in links: old.unlink()
     out = []
     for name, src in sorted(links.items()):
-        if not Path(src).exists() or Path(src).suffix != ".png": continue
+        if not Path(src).exists() or Path(src).suffix not in (".png", ".csv"): continue
+        if Path(src).suffix == ".csv":
+            out.append(Path(shutil.copyfile(src, folder / name))); continue
         im = Image.open(src)
         if im.width > max_width: im = im.resize((max_width, round(im.height * max_width / im.width)), Image.LANCZOS)
         im.save(folder / name, optimize=True)
@@ -451,6 +546,93 @@ def render_notebooks(notebooks, out_dir: str | Path) -> list[Path]:
         dest = out / f"{Path(p).stem}.html"
         atomic_write_text(dest, body)
         done.append(dest)
+    return done
+
+# %% ../nbs/70_report.ipynb #9277912a
+SITE_CSS = """body{margin:0}.medsae-nav{position:fixed;top:0;left:0;bottom:0;width:15rem;overflow-y:auto;padding:1rem;
+background:#f6f8fa;border-right:1px solid #ddd;font:14px/1.5 sans-serif}.medsae-nav a{display:block;color:#0b5394;
+text-decoration:none;padding:.1rem 0}.medsae-nav a.here{font-weight:bold}.medsae-page{margin-left:17rem}"""
+
+CLS = ' class="here"'
+
+def _site_name(p: Path, meta: dict) -> str: return meta.get("output-file") or f"{Path(p).stem}.html"
+
+def _site_notebook(nb, names: dict):
+    """A processed chapter (`nbdev_proc_nbs`) as the fallback site shows it, and its front matter: what Quarto would
+    do with its `#|` directives (`include: false` drops a cell, `echo: false` its code, `output: false` its outputs)
+    and with its links (a chapter's `.ipynb` becomes its page)."""
+    import re, nbformat, yaml
+    meta, cells = {}, []
+    for c in nb.cells:
+        src = c.source
+        if c.cell_type == "raw" and src.startswith("---"):
+            meta = yaml.safe_load(src.strip().strip("-")) or {}
+            c = nbformat.v4.new_markdown_cell(f"# {meta.get('title', '')}\n\n> {meta.get('description', '')}")
+        elif c.cell_type == "code":
+            opts = dict(re.findall(r"^#\|\s*([\w-]+):\s*(.*)$", src, re.M))
+            if opts.get("include") == "false": continue
+            c.source = re.sub(r"^#\|.*\n?", "", src, flags=re.M)
+            if opts.get("echo") == "false": c.metadata.setdefault("tags", []).append("site-hide-input")
+            if opts.get("output") == "false": c.outputs = []
+        cells.append(c)
+    def fix(text: str) -> str:
+        text = re.sub(r"\]\(([^)\s]*)\)\{[^}]*\}", r"](\1)", text)          # Quarto's link attributes
+        return re.sub(r"\]\(([\w.-]+)\.(?:ipynb|md)(#[^)]*)?\)", lambda m: f"]({names.get(m.group(1), m.group(1) + '.html')}"
+                      f"{m.group(2) or ''})", text)
+    for c in cells:
+        if c.cell_type == "markdown": c.source = fix(c.source)
+        for o in c.get("outputs", []):
+            if "text/markdown" in o.get("data", {}): o["data"]["text/markdown"] = fix(o["data"]["text/markdown"])
+    nb.cells = cells
+    return nb, meta
+
+def build_site(out: str | Path = "_site", proc: str | Path = "_proc", sidebar: str | Path = "nbs/sidebar.yml",
+               results: str | Path = "RESULTS.md", reference: str | Path = "figures/reference",
+               interactive: str | Path | None = "figures") -> list[Path]:
+    """The documentation site where Quarto is missing: every chapter that `nbdev_proc_nbs` processed into `proc`,
+    rendered by nbconvert in the order of `sidebar` (Quarto's), plus the results page (`results`, its figures from
+    `reference`) as `results.html`, each page with the same sidebar. The interactive figures of the last run
+    (`interactive`/report_*.html, when a run made them) are linked from the results page. Returns the pages."""
+    import re, shutil, nbformat, yaml
+    from nbconvert import HTMLExporter
+    from traitlets.config import Config as TConfig
+    from medsae.provenance import atomic_write_text
+    out, proc = Path(out), Path(proc)
+    order = [Path(e if isinstance(e, str) else e.get("href", "")).stem
+             for e in yaml.safe_load(Path(sidebar).read_text())["website"]["sidebar"]["contents"]]
+    books = [proc / f"{s}.ipynb" for s in order if (proc / f"{s}.ipynb").exists()]
+    read = {p: nbformat.read(p, as_version=4) for p in books}
+    metas = {p: (yaml.safe_load(read[p].cells[0].source.strip().strip("-")) or {}) if read[p].cells and
+             read[p].cells[0].cell_type == "raw" else {} for p in books}
+    names = {p.stem: ("index.html" if p.stem == "index" else _site_name(p, metas[p])) for p in books}
+    names["results"] = "results.html"
+    if out.exists(): shutil.rmtree(out)
+    (out / "figures").mkdir(parents=True)
+    if Path(reference).is_dir(): shutil.copytree(reference, out / "figures" / "reference")
+    text = Path(results).read_text() if Path(results).exists() else "# Results\n\nNo results page yet: `make reproduce`."
+    made = sorted(Path(interactive).glob("report_*.html")) if interactive and Path(interactive).is_dir() else []
+    if made:
+        for p in [*made, Path(interactive) / "plotly.min.js"]: shutil.copy(p, out / "figures" / p.name)
+        text += ("\n## Interactive figures of the last run\n\n"
+                 + "\n".join(f"- [{p.stem.replace('report_', '').replace('_', ' ')}](figures/{p.name})" for p in made) + "\n")
+    pages = [(p, *_site_notebook(read[p], names)) for p in books]
+    pages.insert(1 if books and books[0].stem == "index" else 0,
+                 (Path("results"), nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(text)]), {"title": "Results"}))
+    titles = [(names[p.stem], "Home" if p.stem == "index" else meta.get("title") or p.stem) for p, _, meta in pages]
+    c = TConfig(); c.TagRemovePreprocessor.remove_input_tags = {"site-hide-input"}; c.TagRemovePreprocessor.enabled = True
+    exporter = HTMLExporter(config=c, template_name="lab")
+    done = []
+    for p, nb, meta in pages:
+        body, _ = exporter.from_notebook_node(nb)
+        body = re.sub(r'<script[^>]*\ssrc="https?://[^"]*"[^>]*>\s*</script>', "", body)      # offline
+        body = re.sub(r'<link[^>]*\shref="https?://[^"]*"[^>]*>', "", body)
+        here = names[p.stem]
+        nav = "".join(f'<a href="{h}"{CLS if h == here else ""}>{t}</a>' for h, t in titles)
+        body = body.replace("</head>", f"<style>{SITE_CSS}</style>\n</head>", 1)
+        body = re.sub(r"(<body[^>]*>)", rf'\1<nav class="medsae-nav">{nav}</nav><div class="medsae-page">', body, count=1)
+        body = body.replace("</body>", "</div></body>", 1)
+        atomic_write_text(out / here, body)
+        done.append(out / here)
     return done
 
 # %% ../nbs/70_report.ipynb #af2c7d94

@@ -1,6 +1,7 @@
 """Print the sha256 (16 hex digits) of each part of a tiny end-to-end computation, on this process's numeric paths
-(nbs/04_numerics): a few training steps of the default encoder, its embeddings, an SAE trained with the project's
-trainer, a linear probe, a numpy product and SVD. Run by tests/test_numerics.py natively and under qemu."""
+(nbs/04_numerics): a few training steps of the default encoder, its embeddings, MiniLM's embeddings of sentences of
+tied lengths in several batches, an SAE trained with the project's trainer, a linear probe, numpy's product, SVD,
+exp, log and power. Run by tests/test_numerics.py natively and under qemu."""
 import hashlib
 import json
 
@@ -32,6 +33,10 @@ def fingerprint(threads: int = 2) -> dict[str, str]:
     train_medclip(model, imgs, labels, lambda idx: (text[idx],), cfg, 0, normalise_uint8, progress=False)
     out = dict(encoder=h(*[p for p in model.state_dict().values() if p.is_floating_point()]))
     with torch.no_grad(): out["embeddings"] = h(model.encode_image(normalise_uint8(imgs)))
+    words = "the left right small pleural effusion heart is normal in size lungs are clear".split()
+    n = torch.randint(2, 7, (48,), generator=g).tolist()     # many equal lengths: their order decides the batches
+    sentences = [" ".join(words[j % len(words)] for j in range(i, i + k)) + "." for i, k in enumerate(n)]
+    out["text"] = h(model.text_model.embed_sentences(sentences, batch_size=8))
     x = torch.randn(512, 64, generator=g)
     sae, _ = train_sae(x, SAEConfig(expansion=4, epochs=2, batch_size=64, threads=threads, sweep=False), seed=0,
                        progress=False)
@@ -41,7 +46,7 @@ def fingerprint(threads: int = 2) -> dict[str, str]:
     truth = pd.DataFrame({"a": rng.random(200) > 0.5, "b": rng.random(200) > 0.5})
     out["probe"] = h(probe_auroc(emb[:100], truth[:100], emb[100:], truth[100:].reset_index(drop=True)).to_numpy())
     a, b = rng.normal(size=(300, 200)), rng.normal(size=(200, 300))
-    out["numpy"] = h(a @ b, np.linalg.svd(a, compute_uv=False))
+    out["numpy"] = h(a @ b, np.linalg.svd(a, compute_uv=False), np.exp(a), np.log(np.abs(a)), np.abs(a) ** 1.7)
     return out
 
 

@@ -296,15 +296,17 @@ def check_published_pages(run, figures, shots: Path | None = None) -> dict:
     from PIL import Image
     figures = Path(figures)
     repo = Path(run.report.results_repo).read_text()
-    block = []                                             # every table is a table on the repository page:
-    for line in [*repo.splitlines(), ""]:                  # one cell count per table (a bare | splits a cell)
-        if line.startswith("|"): block.append(len(re.findall(r"(?<!\\)\|", line)))
-        elif block: assert len(set(block)) == 1, (block, line); block = []
-    links = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", repo)
+    from medsae.reference import page_links
+    block = []                                             # every table is a table on the repository page: one cell
+    for line in [*repo.splitlines(), ""]:                  # count per table (a bare | splits a cell), at most 8 cells
+        if line.startswith("|"): block.append(len(re.findall(r"(?<!\\)\|", line)) - 1)
+        elif block: assert len(set(block)) == 1 and block[0] <= 8, (block, line); block = []
+    assert not re.search(r"^\|\s*\|", repo, re.M)            # no unnamed (index) column
+    links = page_links(repo)                               # images and tables, all kept with the page
     assert links and all(l.startswith("figures/reference/") for l in links), links
-    ref = sorted(Path(run.report.reference).glob("*.png"))
-    assert {p.name for p in ref} == {Path(l).name for l in links}
-    assert sum(p.stat().st_size for p in ref) < 4_000_000 and all(Image.open(p).width <= 1400 for p in ref)
+    ref = sorted([*Path(run.report.reference).glob("*.png"), *Path(run.report.reference).glob("*.csv")])
+    assert {p.name for p in ref} == {Path(l).name for l in links} and any(l.endswith(".csv") for l in links)
+    assert sum(p.stat().st_size for p in ref) < 4_000_000 and all(Image.open(p).width <= 1400 for p in ref if p.suffix == ".png")
     pages = [figures / f"report_{k}.html" for k in ("decoder_map", "entropy_r", "label_heatmap")]
     for p in pages: assert p.is_file() and 'src="plotly.min.js"' in p.read_text(), p
     assert (figures / "plotly.min.js").stat().st_size > 1_000_000
@@ -327,4 +329,47 @@ def check_published_pages(run, figures, shots: Path | None = None) -> dict:
         finally: b.close()
     assert sum(s["plotly"] for k, s in seen.items() if k.startswith(("06_", "09_"))) >= 3   # the notebooks' plotly figures
     assert seen["09_report.html"]["images"] >= 5                                          # the results page's figures
+    import tempfile                                          # the site's results page, as `make docs` renders it:
+    from medsae.report import build_site                     # its figures and the run's interactive figures load
+    site = Path(tempfile.mkdtemp()) / "_site"
+    build_site(site, site.parent / "no_chapters", ROOT / "nbs" / "sidebar.yml", run.report.results_repo,
+               run.report.reference, figures)
+    made = sorted(p.relative_to(site).as_posix() for p in (site / "figures").glob("report_*.html"))
+    web = check_site(site, ["results.html", *made])
+    assert web["results.html"]["images"] == len(re.findall(r"!\[", repo)) and len(made) == 3
+    assert all(web[m]["drawn"] >= 1 for m in made), web
     return seen
+
+def check_site(site: Path, pages: list[str] | None = None) -> dict:
+    """Open every page of a static site (`make docs` without Quarto: `_site/`) in Chromium: each loads, shows no broken
+    image, no raw `#|` directive and no `{{<` shortcode, and links only to files the site holds; plotly figures draw.
+    Returns per page what it counted (images, links, plotly figures drawn, h3/h4 headings: show_doc signatures)."""
+    from playwright.sync_api import sync_playwright
+    out = {}
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox", "--disable-dev-shm-usage"])
+        try:
+            page = b.new_page()
+            for f in pages or sorted(q.name for q in site.glob("*.html")):
+                errors = []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.goto((site / f).resolve().as_uri(), wait_until="load")
+                page.wait_for_timeout(200)
+                s = page.evaluate("""() => ({
+                    broken: [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src),
+                    images: document.images.length,
+                    links: [...document.querySelectorAll('a[href]')].map(a => a.getAttribute('href')),
+                    text: document.body.innerText,
+                    headings: document.querySelectorAll('h3, h4').length,
+                    plotly: document.querySelectorAll('.js-plotly-plot').length,
+                    drawn: document.querySelectorAll('.js-plotly-plot .main-svg').length})""")
+                local = [l.split("#")[0] for l in s["links"] if not re.match(r"[a-z]+:|#", l)]
+                dead = [l for l in local if l and not (site / f).parent.joinpath(l).resolve().exists()]
+                assert not s["broken"] and not dead, (f, s["broken"], dead)
+                assert not re.search(r"(?m)^\s*#\|\s*[\w-]+", s["text"]) and "{{<" not in s["text"], f   # no directive
+                assert not errors, (f, errors)
+                out[f] = dict(images=s["images"], links=len(local), headings=s["headings"], plotly=s["plotly"],
+                              drawn=s["drawn"], text=s["text"])
+        finally:
+            b.close()
+    return out

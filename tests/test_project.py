@@ -1,10 +1,12 @@
 "The project's shape: notebooks and package in sync, site configuration, configs, README promises."
+import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import ROOT
@@ -40,14 +42,37 @@ def test_quarto_site_configuration():
     assert "figures/" in (ROOT / "RESULTS.md").read_text() and (nbs / "figures").resolve() == (ROOT / "figures").resolve()
 
 
-def test_docs_processing_runs_on_every_chapter():
-    "`nbdev_proc_nbs`, the first step of `make docs` (no Quarto needed), runs every chapter's doc cells; the sidebar stays."
+def test_docs_site_builds_and_reads_in_chromium():
+    """`make docs` where Quarto is missing (here): `nbdev_proc_nbs` runs every chapter's doc cells (the sidebar stays),
+    and nbconvert renders every chapter and the results page into _site/, in the sidebar's order. In Chromium every
+    page loads with no broken image or link and no raw directive, the show_doc signatures are rendered, and the results
+    page shows the committed figures; the home page sends a student to the explorer and a reviewer to the results."""
+    import yaml
+    from test_browser import browser_unavailable, check_site
     sidebar = (ROOT / "nbs" / "sidebar.yml").read_bytes()
-    r = subprocess.run([str(Path(sys.executable).parent / "nbdev_proc_nbs")], cwd=ROOT, capture_output=True, text=True,
-                       timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run(["make", "docs"], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                       env={**os.environ, "PATH": os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                                                                  if not (Path(p) / "quarto").exists())})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "Quarto is not installed" in r.stdout
     assert {p.name for p in (ROOT / "_proc").glob("*.ipynb")} == {p.name for p in (ROOT / "nbs").glob("*.ipynb")}
     assert (ROOT / "nbs" / "sidebar.yml").read_bytes() == sidebar
+    site = ROOT / "_site"
+    order = [Path(e).stem for e in yaml.safe_load(sidebar)["website"]["sidebar"]["contents"]]
+    pages = sorted(site.glob("*.html"))
+    assert len(pages) == len(order) + 1                                   # every chapter, and the results page
+    home = (site / "index.html").read_text()
+    nav = re.findall(r'<nav class="medsae-nav">(.*?)</nav>', home)[0]
+    hrefs = re.findall(r'href="([^"]+)"', nav)
+    assert hrefs[:2] == ["index.html", "results.html"] and "numerics.html" in hrefs and len(hrefs) == len(pages)
+    assert hrefs.index("config.html") < hrefs.index("numerics.html") < hrefs.index("explorer.html")   # sidebar order
+    if browser_unavailable(): pytest.skip(browser_unavailable())
+    seen = check_site(site)
+    assert seen["numerics.html"]["headings"] >= 5 and "pin_cpu" in seen["numerics.html"]["text"]   # show_doc
+    shown = len(re.findall(r"!\[[^\]]*\]\(", (ROOT / "RESULTS.md").read_text()))
+    assert seen["results.html"]["images"] == shown > 0
+    assert "explorer.html" in re.findall(r'href="([^"]+)"', home.split("</nav>", 1)[1])
+    assert "results.html" in re.findall(r'href="([^"]+)"', home.split("</nav>", 1)[1])
 
 
 def test_pipeline_notebooks_are_numbered_and_take_parameters():
@@ -132,13 +157,16 @@ def test_no_import_cycle():
 
 
 def test_committed_results_page_shows_only_committed_figures():
-    "RESULTS.md (the reference run's page) links its images into figures/reference/, which holds exactly those."
+    """RESULTS.md (the reference run's page) shows its images and links its tables in figures/reference/, which holds
+    exactly those: no link to a file the repository does not hold (a run's folder, an untracked figure)."""
     import re
+    from medsae.reference import page_links
     page = (ROOT / "RESULTS.md").read_text()
-    shown = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", page)
+    shown = page_links(page)
     assert shown and all(s.startswith("figures/reference/") for s in shown), shown
     assert not [s for s in shown if not (ROOT / s).is_file()]
     assert not re.findall(r".*\b\d+(?:\.\d+)? s\b.*", page)              # no run time: the page is the same everywhere
-    assert {Path(s).name for s in shown} == {p.name for p in (ROOT / "figures" / "reference").glob("*.png")}
+    ref = ROOT / "figures" / "reference"
+    assert {Path(s).name for s in shown} == {p.name for p in [*ref.glob("*.png"), *ref.glob("*.csv")]}
     tracked = subprocess.run(["git", "ls-files", "figures/reference"], cwd=ROOT, capture_output=True, text=True).stdout
     if tracked: assert set(tracked.split()) == set(shown)            # in a clone: every figure it shows is committed

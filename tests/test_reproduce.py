@@ -31,13 +31,14 @@ def test_reproduce_default(tmp_path):
     from medsae.config import load_config
     from medsae.reference import update_reference
     (clone / "figures" / "reference" / "stale.png").write_bytes(b"an image the run's page does not show")
+    (clone / "figures" / "reference" / "stale.csv").write_text("a table the run's page does not link\n")
     written = update_reference(load_config(None, [*TINY, f"run.out_root={clone / 'runs'}"]), check=False, root=clone,
                                log=lambda *a: None)
     page = (clone / "RESULTS.md").read_text()
     assert page == run.report.results_repo.read_text() and written[0] == clone / "RESULTS.md"
-    import re
-    shown = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", page)                     # every image it shows, and no other
-    assert shown and sorted(Path(s).name for s in shown) == sorted(p.name for p in (clone / "figures" / "reference").glob("*.png"))
+    from medsae.reference import page_links
+    shown, ref = page_links(page), clone / "figures" / "reference"        # every image and table it links, no other
+    assert shown and sorted(Path(s).name for s in shown) == sorted(p.name for p in [*ref.glob("*.png"), *ref.glob("*.csv")])
     assert all((clone / s).is_file() for s in shown)
     assert " M RESULTS.md" in status()
     same = cli("verify", *args, "--against", clone / "RESULTS.md").stdout
