@@ -14,11 +14,10 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['PAPER', 'PAGE_MAX_COLUMNS', 'PAGE_COLUMNS', 'PAGE_DIGITS', 'REFERENCE', 'SITE_CSS', 'CLS', 'cosine_knn',
-           'decoder_umap', 'latent_colours', 'page_table', 'results_page', 'report_stage_run', 'reference_figures',
-           'page_with_images', 'render_notebooks', 'build_site', 'show_plotly', 'show_figure', 'write_plotly_html',
-           'unit_table', 'run_units', 'entropy_r_figure', 'label_heatmap_figure', 'decoder_map_figure',
-           'interactive_figures']
+__all__ = ['PAPER', 'PAGE_MAX_COLUMNS', 'PAGE_COLUMNS', 'PAGE_DIGITS', 'REFERENCE', 'SITE_CSS', 'cosine_knn', 'decoder_umap',
+           'latent_colours', 'page_table', 'results_page', 'report_stage_run', 'reference_figures', 'page_with_images',
+           'render_notebooks', 'build_site', 'show_plotly', 'show_figure', 'write_plotly_html', 'unit_table',
+           'run_units', 'entropy_r_figure', 'label_heatmap_figure', 'decoder_map_figure', 'interactive_figures']
 
 # %% ../nbs/70_report.ipynb #694b5ac3
 PAPER = {
@@ -91,8 +90,8 @@ PAGE_MAX_COLUMNS = 8
 "The most columns a table on the results page has: a wider table shows `PAGE_COLUMNS` and links its full CSV."
 
 PAGE_COLUMNS: dict[str, list[str]] = {
-    "monosemanticity": ["units", "entropy of best unit (paper headline)", "r of best unit", "held-out best: entropy",
-                        "held-out best: r", "units above thr", "detector F1 (best per class)", "Monosemanticity Score"],
+    "monosemanticity": ["units", "held-out best: entropy", "held-out best: r", "units above thr",
+                        "detector F1 (best per class)", "Monosemanticity Score", "null: best r (p)"],
     "best_units": ["label", "positives", "sae_unit", "sae_r", "sae_entropy", "raw_unit", "raw_r", "raw_entropy"],
     "summary": ["namer", "unit_kind", "accuracy", "precision", "recall", "f1", "accuracy_sd", "units"],
     "sweep": ["name", "latents", "l1", "steps", "fve", "l0", "dead", "selected"],
@@ -112,16 +111,22 @@ cosine over 2,000 held-out embeddings vary in the third."""
 
 _NUM = re.compile(r"[+-]?\d+\.\d+(?:e[+-]?\d+)?|[+-]?\d+")
 
+def _fixed(v: float, digits: int, sign: bool = False) -> str:
+    "`v` at `digits` decimals, without a negative zero."
+    t = f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
+    return t.replace("-", "+" if sign else "", 1) if float(t) == 0 and t.startswith("-") else t
+
 def _cells(col: pd.Series, digits: int) -> pd.Series:
-    "One column's cells as page text: integers as integers, other numbers at `digits` decimals (a sign kept)."
+    """One column's cells as page text: integers as integers, other numbers at `digits` decimals (a sign kept), and
+    the numbers of an interval or a mean ± sd written as text."""
     s = col.astype(str)
     num = s.str.fullmatch(_NUM.pattern)
     vals = pd.to_numeric(s.where(num), errors="coerce")
     whole = bool(num.any()) and bool((vals[num] == vals[num].round()).all()) and not s[num].str.contains(r"\.\d*[1-9]").any()
     def one(t, v, is_num):
-        if not is_num: return re.sub(r"-?\d+\.\d{3,}", lambda m: f"{float(m.group()):.{digits}f}", t) if "[" in t else t
-        if whole: return f"{int(v)}"
-        return f"{v:+.{digits}f}" if t.startswith("+") else f"{v:.{digits}f}"
+        if not is_num:
+            return re.sub(r"-?\d+\.\d{3,}", lambda m: _fixed(float(m.group()), digits), t) if "[" in t or "±" in t else t
+        return f"{int(v)}" if whole else _fixed(v, digits, t.startswith("+"))
     return pd.Series([one(t, v, n) for t, v, n in zip(s, vals, num)], index=col.index)
 
 def page_table(df: pd.DataFrame, cols: list[str] | None = None) -> tuple[str, bool]:
@@ -258,7 +263,7 @@ def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "", l
           f"| held-out best unit: r raw / SAE | not reported | {raw.get('heldout_mean_best_r', float('nan')):.2f} / "
           f"{sa.get('heldout_mean_best_r', float('nan')):.2f} |",
           f"| maximum possible entropy | ln 14 = 2.639 | ln {len(met.get('labels', []))} = {np.log(max(len(met.get('labels', [])), 1)):.3f} |",
-          "", "More statistics (detector F1, Monosemanticity Score; the permutation null is in the CSV):", "",
+          "", "More statistics (held-out best unit, detector F1, Monosemanticity Score, permutation null):", "",
           table(R.evaluate.monosemanticity), "",
           f"![entropy histogram]({f('evaluate', R.evaluate.entropy_hist)})", "",
           f"![best latent of each label vs every label]({f('evaluate', R.evaluate.heatmap)})", "",
@@ -553,20 +558,23 @@ SITE_CSS = """body{margin:0}.medsae-nav{position:fixed;top:0;left:0;bottom:0;wid
 background:#f6f8fa;border-right:1px solid #ddd;font:14px/1.5 sans-serif}.medsae-nav a{display:block;color:#0b5394;
 text-decoration:none;padding:.1rem 0}.medsae-nav a.here{font-weight:bold}.medsae-page{margin-left:17rem}"""
 
-CLS = ' class="here"'
+_HERE = ' class="here"'
 
-def _site_name(p: Path, meta: dict) -> str: return meta.get("output-file") or f"{Path(p).stem}.html"
+def _front(nb) -> dict:
+    "A processed chapter's front matter (its first cell, raw YAML between --- lines): title, description, output-file."
+    import yaml
+    c = nb.cells[0] if nb.cells else None
+    return (yaml.safe_load(c.source.strip().strip("-")) or {}) if c is not None and c.cell_type == "raw" and c.source.startswith("---") else {}
 
 def _site_notebook(nb, names: dict):
     """A processed chapter (`nbdev_proc_nbs`) as the fallback site shows it, and its front matter: what Quarto would
     do with its `#|` directives (`include: false` drops a cell, `echo: false` its code, `output: false` its outputs)
     and with its links (a chapter's `.ipynb` becomes its page)."""
-    import re, nbformat, yaml
-    meta, cells = {}, []
-    for c in nb.cells:
+    import re, nbformat
+    meta, cells = _front(nb), []
+    for k, c in enumerate(nb.cells):
         src = c.source
-        if c.cell_type == "raw" and src.startswith("---"):
-            meta = yaml.safe_load(src.strip().strip("-")) or {}
+        if k == 0 and meta:
             c = nbformat.v4.new_markdown_cell(f"# {meta.get('title', '')}\n\n> {meta.get('description', '')}")
         elif c.cell_type == "code":
             opts = dict(re.findall(r"^#\|\s*([\w-]+):\s*(.*)$", src, re.M))
@@ -602,9 +610,8 @@ def build_site(out: str | Path = "_site", proc: str | Path = "_proc", sidebar: s
              for e in yaml.safe_load(Path(sidebar).read_text())["website"]["sidebar"]["contents"]]
     books = [proc / f"{s}.ipynb" for s in order if (proc / f"{s}.ipynb").exists()]
     read = {p: nbformat.read(p, as_version=4) for p in books}
-    metas = {p: (yaml.safe_load(read[p].cells[0].source.strip().strip("-")) or {}) if read[p].cells and
-             read[p].cells[0].cell_type == "raw" else {} for p in books}
-    names = {p.stem: ("index.html" if p.stem == "index" else _site_name(p, metas[p])) for p in books}
+    names = {p.stem: "index.html" if p.stem == "index" else _front(read[p]).get("output-file", f"{p.stem}.html")
+             for p in books}
     names["results"] = "results.html"
     if out.exists(): shutil.rmtree(out)
     (out / "figures").mkdir(parents=True)
@@ -627,7 +634,7 @@ def build_site(out: str | Path = "_site", proc: str | Path = "_proc", sidebar: s
         body = re.sub(r'<script[^>]*\ssrc="https?://[^"]*"[^>]*>\s*</script>', "", body)      # offline
         body = re.sub(r'<link[^>]*\shref="https?://[^"]*"[^>]*>', "", body)
         here = names[p.stem]
-        nav = "".join(f'<a href="{h}"{CLS if h == here else ""}>{t}</a>' for h, t in titles)
+        nav = "".join(f'<a href="{h}"{_HERE if h == here else ""}>{t}</a>' for h, t in titles)
         body = body.replace("</head>", f"<style>{SITE_CSS}</style>\n</head>", 1)
         body = re.sub(r"(<body[^>]*>)", rf'\1<nav class="medsae-nav">{nav}</nav><div class="medsae-page">', body, count=1)
         body = body.replace("</body>", "</div></body>", 1)
