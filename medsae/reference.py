@@ -194,8 +194,8 @@ def page_links(text: str) -> list[str]:
 
 def update_reference(cfg: Config, check: bool = True, root: str | Path | None = None, log=print) -> list[Path]:
     """Make the finished run of `cfg` the repository's reference: its page becomes `RESULTS.md` and exactly the images
-    it shows and the tables it links go to `figures/reference/`. `check`: refuse a run that is not the default config, or whose stages were not
-    all made at the current commit with a clean tree."""
+    it shows and the tables it links go to `figures/reference/`. `check`: refuse a run that is not the default config,
+    or whose stages were not all made at the current commit with a clean tree."""
     from medsae.layout import RunLayout
     from medsae.provenance import finished_stages, git_state, read_provenance
     root = Path(root) if root else _repo_root()
