@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from .config import LABEL_SETS, ConfigError, config_fields, config_to_dict, load_config
+from .config import CONTROL_UNITS, LABEL_SETS, ConfigError, config_fields, config_to_dict, load_config
 
 # %% auto #0
 __all__ = ['STAGE_FLAGS', 'ALIASES', 'cmd_stage', 'cmd_reproduce', 'cmd_pipeline', 'cmd_config', 'cmd_assets', 'cmd_verify',
@@ -86,6 +86,9 @@ STAGE_FLAGS: dict[str, list[tuple]] = {
                     ("--eval-units", "naming.eval_units", int, "units of each kind to judge"),
                     ("--model", "naming.model", str, "vision-language model of the judge"),
                     ("--base-url", "naming.base_url", str, "OpenAI-compatible server of the judge")],
+    "controls": [("--unit", "controls.units", dict(action="append", choices=list(CONTROL_UNITS)), "control to run, repeatable"),
+                 ("--seeds", "controls.seeds", int, "the run's SAE at this many seeds"),
+                 ("--bootstrap", "controls.bootstrap", int, "bootstrap resamples of each row's interval")],
     "report": [],
 }
 "Each stage command's flags: (flag, config field, type | True/False for a switch | argparse options, help)."
@@ -130,6 +133,8 @@ def _summary(p, stage: str) -> str:
         named = sibling(L.name_stage.named, ".md")
         return (named.read_text() if named.exists() else "") + f"\nevery name: {L.name_stage.names}"
     if stage == "score-names": return sibling(L.score_names.summary, ".md").read_text()
+    if stage == "controls":
+        return sibling(L.controls.table, ".md").read_text() + "\n" + json.loads(L.controls.summary.read_text())["paragraph"]
     return f"results page: {p.figures.results}"
 
 def cmd_stage(args) -> int:

@@ -14,10 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 # %% auto #0
 __all__ = ['CHEXPERT_LABELS', 'CHEXPERT_COMPETITION5', 'LABEL_SETS', 'RUNTIME', 'PHANTOM_FINDINGS', 'RESAMPLING_VERSION',
-           'resolve_labels', 'RunConfig', 'DataConfig', 'PhantomConfig', 'EncoderConfig', 'EncoderTrainingConfig',
-           'SAEConfig', 'MetricsConfig', 'AnalysesConfig', 'NamingConfig', 'Config', 'ConfigError', 'parse_override',
-           'apply_overrides', 'config_from_dict', 'load_config', 'config_to_dict', 'save_config', 'config_fields',
-           'runtime_fields', 'config_values']
+           'CONTROL_UNITS', 'resolve_labels', 'RunConfig', 'DataConfig', 'PhantomConfig', 'EncoderConfig',
+           'EncoderTrainingConfig', 'SAEConfig', 'MetricsConfig', 'AnalysesConfig', 'NamingConfig', 'ControlsConfig',
+           'Config', 'ConfigError', 'parse_override', 'apply_overrides', 'config_from_dict', 'load_config',
+           'config_to_dict', 'save_config', 'config_fields', 'runtime_fields', 'config_values']
 
 # %% ../nbs/00_config.ipynb #1fd8b772
 CHEXPERT_LABELS: tuple[str, ...] = (
@@ -375,6 +375,24 @@ class NamingConfig(_Section):
                              "naming.prompt_grid: false, or naming.protocol: heldout")
         return self
 
+CONTROL_UNITS = ("seeds", "random_encoder", "frozen_decoder", "random_projection", "pca", "ica")
+
+class ControlsConfig(_Section):
+    "Is it learning? Controls measured exactly like the SAE (nbs/57_controls), run by the controls stage."
+    run: bool = Field(True, description="Run the controls stage; its table \"Is it learning?\" joins the results page.")
+    units: list[Literal[CONTROL_UNITS]] = Field(
+        list(CONTROL_UNITS), description="The controls: `seeds` (the run's SAE at other seeds, decoders matched by the "
+        "Hungarian algorithm), `random_encoder` (the encoder's architecture with random weights: its raw dimensions "
+        "and an SAE on them), `frozen_decoder` (an SAE whose decoder stays at its random init), `random_projection` "
+        "(random directions at the SAE's width, TopK at its L0), `pca` and `ica` (full rank).")
+    seeds: int = Field(3, ge=2, description="The seed control: the run's SAE at this many seeds (run.seed, run.seed + "
+                       "1, ...).")
+    match_cosine: float = Field(0.7, gt=0, le=1, description="Two seeds share a latent when its Hungarian partner's "
+                                "decoder direction has at least this cosine (Paulo & Belrose: 0.7).")
+    ica_max_iter: int = Field(400, ge=1, description="FastICA iterations at most (its convergence is recorded).")
+    bootstrap: int = Field(200, ge=0, description="Paired-bootstrap resamples of each row's interval (the ablation "
+                           "table's 200; the headline's own interval is on the page above).")
+
 class Config(_Section):
     "The whole configuration of a run."
     run: RunConfig = RunConfig()
@@ -386,6 +404,7 @@ class Config(_Section):
     metrics: MetricsConfig = MetricsConfig()
     analyses: AnalysesConfig = AnalysesConfig()
     naming: NamingConfig = NamingConfig()
+    controls: ControlsConfig = ControlsConfig()
 
     @model_validator(mode="after")
     def _folder_has_no_labels(self):

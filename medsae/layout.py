@@ -11,7 +11,8 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['Folder', 'DatasetFolder', 'LabelsFolder', 'LabelsRoot', 'EncoderFolder', 'StoreFolder', 'ExtractFolder',
            'SAELensFolder', 'CheckpointFolder', 'SAEFolder', 'CodesFolder', 'ActivationsFolder', 'MetricsFolder',
-           'NamesFolder', 'ScoresFolder', 'ReportFolder', 'CacheFolder', 'sibling', 'RunLayout', 'FiguresFolder']
+           'NamesFolder', 'ScoresFolder', 'ControlsFolder', 'ReportFolder', 'CacheFolder', 'sibling', 'RunLayout',
+           'FiguresFolder']
 
 # %% ../nbs/03_layout.ipynb #c69ad80e
 class Folder(os.PathLike):
@@ -124,6 +125,10 @@ class ScoresFolder(Folder):
     files = dict(scores="scores.csv", summary="summary.csv", figure="naming_accuracy.png",
                  correctness="correctness.csv", same_split="same_split.csv")
 
+class ControlsFolder(Folder):
+    "The controls stage: the table \"Is it learning?\" (page and full), its figure and summary."
+    files = dict(table="controls.csv", full="controls_full.csv", figure="controls.png", summary="summary.json")
+
 class ReportFolder(Folder):
     "The report stage: example panels, the decoder map and the results page."
     files = dict(results="RESULTS.md", results_repo="RESULTS_repo.md", umap="decoder_umap.csv",
@@ -157,7 +162,8 @@ class RunLayout(Folder):
         phantom=("phantom", DatasetFolder), labels=("labels", LabelsRoot), encoder=("encoder", EncoderFolder),
         extract=("extract", ExtractFolder), sae=("sae", SAEFolder), activations=("activations", ActivationsFolder),
         evaluate=("evaluate", MetricsFolder), name_stage=("name", NamesFolder),
-        score_names=("score-names", ScoresFolder), report=("report", ReportFolder), cache=("cache", CacheFolder))
+        score_names=("score-names", ScoresFolder), controls=("controls", ControlsFolder),
+        report=("report", ReportFolder), cache=("cache", CacheFolder))
     "attribute -> (folder name, folder class); the folder name is the stage's name."
     def __getattr__(self, attr: str):
         if attr in RunLayout.folders:

@@ -211,9 +211,12 @@ def resample_dead(sae: SAE, opt, x: torch.Tensor, dead: torch.Tensor, gen: torch
     return len(idx)
 
 def train_sae(x_raw: torch.Tensor, cfg: SAEConfig = SAEConfig(), seed: int = 0, out_dir: str | Path | None = None,
-              steps: int | None = None, ids=None, progress: bool = True, sae: SAE | None = None) -> tuple[SAE, pd.DataFrame]:
+              steps: int | None = None, ids=None, progress: bool = True, sae: SAE | None = None,
+              freeze_decoder: bool = False) -> tuple[SAE, pd.DataFrame]:
     """Train an SAE on raw embeddings `x_raw` (N, d). With `out_dir`, checkpoints go there and training resumes from
-    the latest one. `steps` stops early (for tests and resumption checks); the LR schedule still follows the full run."""
+    the latest one. `steps` stops early (for tests and resumption checks); the LR schedule still follows the full run.
+    `freeze_decoder`: the decoder stays at its random initialisation bit for bit (no gradient, no renormalisation, no
+    resampling), the encoder and biases train: the controls' half-learnt SAE (nbs/57_controls)."""
     from tqdm.auto import tqdm
     x_raw = x_raw.float()
     check_embeddings(x_raw, ids)
@@ -221,6 +224,7 @@ def train_sae(x_raw: torch.Tensor, cfg: SAEConfig = SAEConfig(), seed: int = 0, 
     n, d = x_raw.shape
     torch.manual_seed(seed)
     sae = sae or sae_from_config(cfg, d)
+    if freeze_decoder: sae.W_dec.requires_grad_(False)
     if sae.d != d: raise SAETrainingError(f"embeddings have dimension {d}, the SAE expects {sae.d}")
     if hasattr(sae, "kernel"): sae.kernel = cfg.kernel               # the config decides the training kernels
     norm = Normaliser.fit(x_raw, cfg.normalise)
@@ -263,12 +267,12 @@ def train_sae(x_raw: torch.Tensor, cfg: SAEConfig = SAEConfig(), seed: int = 0, 
         loss.backward()
         sae.remove_parallel_grad()
         opt.step()
-        sae.renorm_decoder()
+        if not freeze_decoder: sae.renorm_decoder()
         with torch.no_grad():
             fired = out["fired"] if "fired" in out else (out["f"] > 0).any(0)
             since += len(xb); since[fired] = 0
         step += 1; seen += len(xb)
-        if resample_due(step - 1, total, n, cfg):
+        if not freeze_decoder and resample_due(step - 1, total, n, cfg):
             resample_dead(sae, opt, xb, dead_mask(since, n, cfg), torch.Generator().manual_seed(seed * 7919 + step),
                           cfg.resample_rule)
         if step % cfg.log_every == 0 or step == end:

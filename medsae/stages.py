@@ -167,15 +167,19 @@ def _encoder(p, run) -> dict:
     return dict(timing=meta["timing"], steps=meta.get("steps"), zero_shot_auroc=meta["zero_shot_auroc"],
                 probe_auroc=meta["probe_auroc"])
 
-def _extract(p, run) -> dict:
+def _embed(p, enc, out: Path):
+    "The run's images embedded by `enc` into the store `out` (the extract stage's; the controls' random encoder)."
+    from medsae.data import PixelCache
     from medsae.extract import extract
     cfg = p.cfg
-    table = dataset_frame(cfg)
-    from medsae.data import PixelCache
     pixels = p.layout.encoder.path / "pixels"           # what the encoder's training decoded is not decoded again
-    store = extract(run_encoder(cfg), data_root(cfg), run.path / "store", batch_size=cfg.encoder.batch_size,
-                    workers=cfg.encoder.workers, strict=cfg.data.strict, table=table,
-                    pixels=PixelCache(pixels) if pixels.is_dir() else None)
+    return extract(enc, data_root(cfg), out, batch_size=cfg.encoder.batch_size, workers=cfg.encoder.workers,
+                   strict=cfg.data.strict, table=dataset_frame(cfg), pixels=PixelCache(pixels) if pixels.is_dir() else None)
+
+def _extract(p, run) -> dict:
+    cfg = p.cfg
+    table = dataset_frame(cfg)
+    store = _embed(p, run_encoder(cfg), run.path / "store")
     return dict(rows=store.meta["rows"], dim=store.meta["dim"], skipped=store.meta["skipped"],
                 encoder=store.meta["encoder"], splits=table["split"].value_counts().to_dict(),
                 frontal_only=cfg.data.frontal_only, preprocess=cfg.data.preprocess)
@@ -278,6 +282,16 @@ def _score_names(p, run) -> dict:
     return naming_eval_stage_run(L.name_stage.names, L.activations, L.extract.store, data_root(cfg), run.path,
                                  cfg.naming, judge, L.evaluate, L.cache.judgements, cfg.run.seed, same_split_judge=same)
 
+def _controls(p, run) -> dict:
+    from medsae.controls import controls_stage_run
+    from medsae.published_naming import read_phrases
+    cfg, root = p.cfg, data_root(p.cfg)
+    base = p.depends("controls")                 # each control's own key: these, without the other controls' fields
+    base["config"] = {k: v for k, v in base["config"].items() if not k.startswith("controls.")}
+    vocab = read_phrases(cfg.naming.vocabulary_file) if cfg.naming.vocabulary_file else _vocabulary(root)
+    return controls_stage_run(cfg, p.layout, run.path, root, lambda: run_encoder(cfg),
+                              lambda enc, out: _embed(p, enc, out).path, vocab, base)
+
 def _report(p, run) -> dict:
     from medsae.report import report_stage_run
     return report_stage_run(p.cfg, p.layout, p.figures, run.path, data_root(p.cfg))
@@ -363,7 +377,14 @@ STAGES: tuple[Stage, ...] = (
     Stage("score-names", "the detection test of the names", ("name", "evaluate"), ("naming", "encoder"),
           _score_names, lambda L: [L.score_names.summary, L.score_names.correctness, L.score_names.scores,
                                    L.score_names.figure, L.score_names.same_split]),
-    Stage("report", "example panels, the decoder map and the results page", ("sae", "evaluate", "name", "score-names"),
+    Stage("controls", "is it learning? the SAE against controls measured the same way", ("sae", "evaluate"),
+          ("controls", "sae", "metrics", "encoder", "data.labels", "data.uncertain", "data.blank", "data.subset_order",
+           "naming.split", "naming.eval_split", "naming.protocol", "naming.min_active", "naming.eval_units",
+           "naming.eval_positive", "naming.eval_negative", "naming.vocabulary_file"), _controls,
+          lambda L: [L.controls.table, L.controls.full, L.controls.figure],
+          lambda cfg: cfg.controls.run and cfg.data.dataset != "folder"),
+    Stage("report", "example panels, the decoder map and the results page",
+          ("sae", "evaluate", "name", "score-names", "controls"),
           ("run",), _report, lambda L: [L.report.umap_figure, *L.report.panels(), (L.report.results, "RESULTS.md"),
                                         L.report.decoder_map, L.report.entropy_r, L.report.label_heatmap,
                                         (L.report.plotly_js, "plotly.min.js")]),

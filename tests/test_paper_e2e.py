@@ -82,7 +82,7 @@ def small(s, out_root, name, root):
             "naming.load_in_4bit=false", "naming.min_active=3", "naming.max_latents=3", "naming.eval_units=2",
             "naming.eval_positive=4", "naming.eval_negative=4", "naming.max_new_tokens=8", "naming.n_examples=4",
             "analyses.linearity_images=8", "analyses.linearity_pairs=4", "analyses.probe_per_class=4",
-            "analyses.probe_iters=10", "naming.vocabulary_min_count=100"]
+            "analyses.probe_iters=10", "naming.vocabulary_min_count=100", "controls.seeds=2", "controls.bootstrap=20"]
 
 
 @pytest.mark.parametrize("config", ["paper", "paper-corrected"])
@@ -125,6 +125,10 @@ def test_paper_config_end_to_end(paper_setup, tmp_path, config, monkeypatch):
     for w in (f"`data.uncertain`): **{cfg.data.uncertain}**", f"`sae.normalise`): **{cfg.sae.normalise}**",
               f"`naming.protocol`): **{cfg.naming.protocol}**"):
         assert w in page, w
+    ct = pd.read_csv(R.controls.full)                            # the controls, MedCLIP's random encoder among them
+    assert set(ct.kind) == {"raw", "sae", "seeds", "random_encoder", "frozen_decoder", "random_projection", "pca", "ica"}
+    assert ct[ct.kind == "random_encoder"].entropy.iloc[0] != ct[ct.kind == "raw"].entropy.iloc[0]
+    assert "## 6. Is it learning? Controls" in page
     if config == "paper":
         check_warm_pipeline(cfg_file, over, tmp_path, R, monkeypatch)
 
@@ -146,7 +150,7 @@ def check_warm_pipeline(cfg_file, over, tmp_path, R, monkeypatch):
     assert {p.name: p.read_bytes() for p in figures.rglob("*") if p.is_file()} == before
     edited = tmp_path / "nbs"; edited.mkdir()
     for p in stages.pipeline_notebooks():
-        if p.stem != "09_report": shutil.copyfile(p, edited / p.name); continue
+        if p.stem != "10_report": shutil.copyfile(p, edited / p.name); continue
         nb = nbformat.read(p, as_version=4)
         nb.cells.append(nbformat.v4.new_markdown_cell("A reader's note."))
         nbformat.write(nb, edited / p.name)
@@ -154,10 +158,10 @@ def check_warm_pipeline(cfg_file, over, tmp_path, R, monkeypatch):
     log = []
     stages.run_notebooks(str(cfg_file), over, figures=str(figures), log=log.append)
     ran = [m.split()[1] for m in log if m.startswith("[pipeline]") and " done in " in m]
-    assert ran == ["09_report.ipynb"], log
-    assert "A reader's note." in (R.notebooks / "09_report.ipynb").read_text()
-    assert {p.name: p.stat().st_mtime_ns for p in R.notebooks.glob("*.ipynb") if p.stem != "09_report"} == \
-        {k: v for k, v in stamps.items() if k != "09_report.ipynb"}
+    assert ran == ["10_report.ipynb"], log
+    assert "A reader's note." in (R.notebooks / "10_report.ipynb").read_text()
+    assert {p.name: p.stat().st_mtime_ns for p in R.notebooks.glob("*.ipynb") if p.stem != "10_report"} == \
+        {k: v for k, v in stamps.items() if k != "10_report.ipynb"}
 
 
 def test_no_weights_no_run_unless_random_weights_are_asked_for(paper_setup, tmp_path):

@@ -1,11 +1,13 @@
 """The default reproduction as `make reproduce` runs it (the Papermill pipeline notebooks, small sizes), in a git clone
 of the working tree with its own code, `figures/` and `runs/`, as a reviewer has it: no tracked file changes; the
-verdict and the reference commands; then `medsae reproduce` (no Jupyter) on the same run: every stage reused; one
-changed parameter reruns only the stages downstream of it."""
+verdict and the reference commands; then `medsae reproduce` (no Jupyter) and each stage's own command on the same run:
+every stage reused; one changed parameter reruns only the stages downstream of it; a stage refuses upstream results
+that another config made, naming the fields that differ. The one finished tiny run of the suite's pipeline tests."""
 import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from conftest import ROOT, TINY, clone_env, run_cli, working_clone
 from medsae.layout import FiguresFolder, RunLayout, sibling
@@ -75,6 +77,7 @@ def test_reproduce_default(tmp_path):
     assert len(met["labels"]) + len(met["dropped_labels"]) == 14     # a label with no positive test image is dropped, named
     assert set(met["comparison"]) == {"raw", "sae", "sae - raw"} and met["ground_truth"]["concepts"] > 10
     check_reconstruction_probes(run, met["ground_truth"])
+    check_controls(run, met)
     names = figures.of("name", run.name_stage.names).read_text()
     assert "vocabulary" in names and "enrichment" in names
     ne = prov(run.score_names)["record"]
@@ -102,10 +105,34 @@ def test_reproduce_default(tmp_path):
     again = cli("reproduce", *args).stdout          # `medsae reproduce`, unchanged config: every stage is reused
     for st in STAGES: assert f"[{st.name}] up to date" in again, st.name
     assert (figures / "phantom_findings.png").exists()   # a deleted figure is published again
+    for stage in COMMANDS:                          # each stage's own command finds the pipeline's result, and says so
+        out = cli(stage, *args).stdout
+        assert f"[{stage}] up to date" in out and f"[{stage}] results in" in out, out
+    r = cli("name", *args, "--set", f"run.out_root={clone / 'elsewhere'}", check=False)  # nothing made: what to run first
+    assert r.returncode == 2 and "run `medsae phantom`" in r.stderr and r.stderr.count("\n") == 1, r.stderr
     changed = cli("reproduce", *args, "--set", "metrics.entropy_threshold=0.25").stdout
     for st in ("phantom", "labels", "encoder", "extract", "sae", "activations"): assert f"[{st}] up to date" in changed
     assert "[evaluate] up to date" not in changed and "metrics.entropy_threshold: 0.2 there, 0.25 here" in changed
-    assert "[report] up to date" not in changed
+    assert "[report] up to date" not in changed and "[controls] up to date" not in changed
+    before = pd.read_csv(run.controls.full)                # one control's own field remakes that control alone
+    cli("controls", *args, "--set", "metrics.entropy_threshold=0.25", "--set", "controls.ica_max_iter=50")
+    assert json.loads(run.controls.summary.read_text())["reused"] == ["raw", "sae", "seeds", "random_encoder",
+                                                                      "frozen_decoder", "random_projection", "pca"]
+    after, keep = pd.read_csv(run.controls.full), before.kind != "ica"
+    pd.testing.assert_frame_equal(before[keep], after[keep])
+    assert after[after.kind == "ica"].iterations.iloc[0] <= 50
+    # another SAE config: the commands downstream of the SAE refuse the old results and name the field
+    r = cli("evaluate", *args, "--set", "sae.expansion=1", check=False)
+    assert r.returncode == 2 and "sae.expansion: 2 there, 1 here" in r.stderr and "medsae sae" in r.stderr, r.stderr
+    r = cli("name", *args, "--set", "sae.l1=3.0", check=False)
+    assert r.returncode == 2 and "sae.l1" in r.stderr
+    # rerunning the SAE with the new config makes evaluate stale through its input, not its own config
+    cli("sae", *args, "--set", "sae.expansion=1", "--no-sweep")
+    assert json.loads((run.sae / "provenance.json").read_text())["record"]["sae"]["m"] == 512
+    r = cli("name", *args, "--set", "sae.expansion=1", "--set", "sae.sweep=false", check=False)
+    assert r.returncode == 2 and "input sae was remade since" in r.stderr and "medsae evaluate" in r.stderr
+    out = cli("evaluate", *args, "--set", "sae.expansion=1", "--set", "sae.sweep=false").stdout
+    assert "[evaluate] results in" in out and "[activations]" in out
     import subprocess, sys                              # the architecture comparison script on this run
     arch = subprocess.run([sys.executable, str(ROOT / "scripts" / "recovery_by_arch.py"), "--run", str(run.path),
                            "--archs", "relu,topk", "--steps", "2"], capture_output=True, text=True, cwd=ROOT)
@@ -113,6 +140,32 @@ def test_reproduce_default(tmp_path):
     lines = arch.stdout.splitlines()
     assert "concepts encodable" in lines[0] and [l.split(":")[0].strip() for l in lines[1:]] == ["relu", "topk"], lines
     assert all(f"of {met['ground_truth']['encodable']} encodable" in l for l in lines[1:]), lines
+
+
+def check_controls(run, met):
+    """The controls stage: given the run's own SAE and raw dimensions, its rows reproduce the evaluate and score-names
+    stages' numbers; every control has its rows."""
+    t = pd.read_csv(run.controls.full)
+    assert list(dict.fromkeys(t.kind)) == ["raw", "sae", "seeds", "random_encoder", "frozen_decoder", "random_projection",
+                                           "pca", "ica"]
+    g, cmp_ = met["ground_truth"], met["comparison"]
+    sc = pd.read_csv(run.score_names.summary).set_index(["namer", "unit_kind"]).accuracy
+    for kind in ("raw", "sae"):
+        r = t[t.kind == kind].iloc[0]
+        assert np.isclose(r.entropy, cmp_[kind]["mean_best_entropy"]), (kind, r.entropy)
+        held = cmp_[kind].get("heldout_mean_best_entropy")            # none where a label is constant on valid
+        assert np.isnan(r.heldout_entropy) if held is None else np.isclose(r.heldout_entropy, held), (kind, r.heldout_entropy)
+        assert (r.encodable, r.recovered, r.recovered_or_parts) == (
+            g["encodable"], g[f"{kind}_recovered_encodable"], g[f"{kind}_recovered_or_split_encodable"]), kind
+        assert np.isclose(r.naming_accuracy, sc[("vocabulary", kind)], atol=5e-4), (kind, r.naming_accuracy)  # 3 decimals
+    assert np.isclose(t[t.kind == "sae"].naming_random.iloc[0], sc[("vocabulary", "random")], atol=5e-4)
+    assert np.isclose(t[t.kind == "sae"]["diff"].iloc[0], cmp_["sae - raw"]["mean_best_entropy"])
+    assert len(t[t.kind == "seeds"]) == 2 and t[t.kind == "seeds"].matched.between(0, 1).all()
+    assert t[t.kind == "frozen_decoder"].decoder_unchanged.all()
+    full = t[t.kind.isin(["pca", "ica"])]                               # rank min(train images, dimensions): 160 here
+    assert (full.units == min(160, 512)).all() and (full.fve <= 1 + 1e-9).all()
+    assert t[t.kind == "random_projection"].l0.iloc[0] <= round(json.loads(run.sae.summary.read_text())["valid"]["l0"])
+    assert "## 6. Is it learning? Controls" in run.report.results.read_text()
 
 
 def check_reconstruction_probes(run, g):

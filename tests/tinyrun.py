@@ -10,9 +10,9 @@ import pandas as pd
 
 from conftest import TINY
 
-RUN_SET = [*TINY, "metrics.ablation=false", "encoder.batch_size=16", "encoder.workers=0", "encoder.device=cpu",
+RUN_SET = [*TINY, "metrics.ablation=false", "controls.run=false", "encoder.batch_size=16", "encoder.workers=0", "encoder.device=cpu",
            "sae.sweep=false", "sae.checkpoint_every=2", "sae.log_every=2", "sae.threads=1", "naming.min_active=3"]
-"The conftest's tiny run, without the ablation and the sweep, with an SAE checkpoint every second step."
+"The conftest's tiny run, without the ablation, the sweep and the controls, with an SAE checkpoint every second step."
 
 PHRASES = ["cardiomegaly", "pleural effusion", "pneumothorax", "support devices", "rib fracture", "lung opacity",
            "pulmonary edema", "atelectasis", "consolidation", "no acute findings", "chest tube", "pacemaker"]
