@@ -382,23 +382,6 @@ def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "", l
     if sibling(R.encoder.auroc, ".md").exists():
         L += ["Default encoder, zero-shot and linear-probe AUROC per finding on the PhantomCXR test split:", "",
               table(R.encoder.auroc), ""]
-    if R.controls.full.exists():                 # 6. is it learning? (nbs/57_controls)
-        from medsae.controls import controls_answer
-        ct, cs = pd.read_csv(R.controls.full), json.loads(_read(R.controls.summary) or "{}")
-        m, d = int(ct[ct.kind == "sae"].units.iloc[0]), int(ct[ct.kind == "raw"].units.iloc[0])
-        L += ["## 6. Is it learning? Controls", "",
-              f"**Is the SAE learning a dictionary, or is the gap the choice among {m:,} sparse units instead of {d}?** "
-              + controls_answer(ct), "",
-              "Each row is a set of units measured exactly like the SAE (chapter 57_controls): its mean best-unit entropy, "
-              "then in brackets its paired difference to the raw dimensions of the same encoder with the 95% interval "
-              f"({cfg.controls.bootstrap} paired-bootstrap resamples); the entropy with each label's best unit chosen on "
-              "the selection split (held out); planted concepts recovered by a dedicated unit, whole / whole or by parts, "
-              "of those a linear probe finds in that encoder's embeddings; the vocabulary namer's accuracy against the same "
-              "names shuffled among the units (random names). The seeds row is the mean ± sd over the run's SAE and its "
-              "other seeds.", "", table(R.controls.table), "", cs.get("paragraph", ""), "",
-              f"![controls]({f('controls', R.controls.figure)})", "",
-              f"Every number of every row, and the seeds' matching: [{Path(f('controls', R.controls.full)).name}]"
-              f"({f('controls', R.controls.full)}).", ""]
     pages = {"decoder_map": "the decoder-direction map (hover: latent, names, best concept, r, entropy)",
              "entropy_r": "entropy against r of every SAE latent and raw dimension",
              "label_heatmap": "the per-label correlation heatmap of the best latents"}
@@ -418,6 +401,23 @@ def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "", l
         L.append("")
     from medsae.published import results_section           # the published code's other analyses (nbs/54_published)
     L += results_section(cfg, R, f, table)
+    if R.controls.full.exists():                 # 7. is it learning? (nbs/57_controls)
+        from medsae.controls import controls_answer
+        ct, cs = pd.read_csv(R.controls.full), json.loads(_read(R.controls.summary) or "{}")
+        m, d = int(ct[ct.kind == "sae"].units.iloc[0]), int(ct[ct.kind == "raw"].units.iloc[0])
+        L += ["## 7. Is it learning? Controls", "",
+              f"**Is the SAE learning a dictionary, or is the gap the choice among {m:,} sparse units instead of {d}?** "
+              + controls_answer(ct), "",
+              "Each row is a set of units measured exactly like the SAE (chapter 57_controls): its mean best-unit entropy, "
+              "then in brackets its paired difference to the raw dimensions of the same encoder with the 95% interval "
+              f"({cfg.controls.bootstrap} paired-bootstrap resamples); the entropy with each label's best unit chosen on "
+              "the selection split (held out); planted concepts recovered by a dedicated unit, whole / whole or by parts, "
+              "of those a linear probe finds in that encoder's embeddings; the vocabulary namer's accuracy against the same "
+              "names shuffled among the units (random names). The seeds row is the mean ± sd over the run's SAE and its "
+              "other seeds.", "", table(R.controls.table), "", cs.get("paragraph", ""), "",
+              f"![controls]({f('controls', R.controls.figure)})", "",
+              f"Every number of every row, and the seeds' matching: [{Path(f('controls', R.controls.full)).name}]"
+              f"({f('controls', R.controls.full)}).", ""]
     return "\n".join(L) + "\n"
 
 # %% ../nbs/70_report.ipynb #3879234e

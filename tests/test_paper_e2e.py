@@ -128,7 +128,7 @@ def test_paper_config_end_to_end(paper_setup, tmp_path, config, monkeypatch):
     ct = pd.read_csv(R.controls.full)                            # the controls, MedCLIP's random encoder among them
     assert set(ct.kind) == {"raw", "sae", "seeds", "random_encoder", "frozen_decoder", "random_projection", "pca", "ica"}
     assert ct[ct.kind == "random_encoder"].entropy.iloc[0] != ct[ct.kind == "raw"].entropy.iloc[0]
-    assert "## 6. Is it learning? Controls" in page
+    assert "## 7. Is it learning? Controls" in page
     if config == "paper":
         check_warm_pipeline(cfg_file, over, tmp_path, R, monkeypatch)
 

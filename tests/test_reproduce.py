@@ -9,19 +9,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from conftest import ROOT, TINY, clone_env, run_cli, working_clone
+from conftest import ROOT, SHARED
 from medsae.layout import FiguresFolder, RunLayout, sibling
 from medsae.stages import COMMANDS, STAGES
 
 
-def test_reproduce_default(tmp_path):
+def test_reproduce_default(tiny_pipeline):
     import subprocess
-    clone = working_clone(tmp_path / "clone")              # a reviewer's fresh clone, its own code and notebooks
-    cli = lambda *a, **k: run_cli(*a, cwd=clone, env=clone_env(clone), **k)
-    figures = FiguresFolder(clone / "figures")           # the default figures folder, runs/ inside the clone
-    args = [a for o in TINY for a in ("--set", o)]
-    out = cli("pipeline", *args).stdout
-    assert "pipeline finished" in out
+    T = tiny_pipeline                                    # a reviewer's fresh clone, its own code and notebooks
+    clone, cli, figures, args = T.clone, T.cli, T.figures, T.args     # figures/ and runs/ inside the clone
+    assert "pipeline finished" in T.out
     status = lambda: subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True).stdout
     assert status() == ""                                # the run wrote no tracked (and no unignored) file
     v = cli("verify", *args)                             # not the default config: nothing to compare, said
@@ -34,7 +31,7 @@ def test_reproduce_default(tmp_path):
     from medsae.reference import update_reference
     (clone / "figures" / "reference" / "stale.png").write_bytes(b"an image the run's page does not show")
     (clone / "figures" / "reference" / "stale.csv").write_text("a table the run's page does not link\n")
-    written = update_reference(load_config(None, [*TINY, f"run.out_root={clone / 'runs'}"]), check=False, root=clone,
+    written = update_reference(load_config(None, [*SHARED, f"run.out_root={clone / 'runs'}"]), check=False, root=clone,
                                log=lambda *a: None)
     page = (clone / "RESULTS.md").read_text()
     assert page == run.report.results_repo.read_text() and written[0] == clone / "RESULTS.md"
@@ -73,8 +70,8 @@ def test_reproduce_default(tmp_path):
     assert isinstance(sae["sweep_rule_met"], bool) and (sae["sweep_rule_met"] or "sparsest" in sae["sweep_rule"])
     assert run.sae.saelens.cfg.exists() and (run.sae.hub / "README.md").exists()
     met = json.loads(run.evaluate.summary.read_text())
-    assert met["labels"][0] == "No Finding" and met["policy"]["uncertain"] == "u_zeros"
-    assert len(met["labels"]) + len(met["dropped_labels"]) == 14     # a label with no positive test image is dropped, named
+    assert met["labels"][0] == "Atelectasis" and met["policy"]["uncertain"] == "u_zeros"
+    assert len(met["labels"]) + len(met["dropped_labels"]) == 5      # chexpert5; a label with no positive is dropped, named
     assert set(met["comparison"]) == {"raw", "sae", "sae - raw"} and met["ground_truth"]["concepts"] > 10
     check_reconstruction_probes(run, met["ground_truth"])
     check_controls(run, met)
@@ -165,7 +162,7 @@ def check_controls(run, met):
     full = t[t.kind.isin(["pca", "ica"])]                               # rank min(train images, dimensions): 160 here
     assert (full.units == min(160, 512)).all() and (full.fve <= 1 + 1e-9).all()
     assert t[t.kind == "random_projection"].l0.iloc[0] <= round(json.loads(run.sae.summary.read_text())["valid"]["l0"])
-    assert "## 6. Is it learning? Controls" in run.report.results.read_text()
+    assert "## 7. Is it learning? Controls" in run.report.results.read_text()
 
 
 def check_reconstruction_probes(run, g):
