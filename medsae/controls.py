@@ -486,8 +486,9 @@ def controls_paragraph(tab: pd.DataFrame, match_cosine: float = 0.7) -> str:
     sd = tab[tab.kind.isin(["sae", "seeds"])]
     if len(sd) > 1:
         seeds = tab[tab.kind == "seeds"]
-        L.append(f"Across {len(sd)} seeds the gap is {sd['diff'].mean():.2f} ± {sd['diff'].std(ddof=1):.2f} and "
-                 f"{sd.recovered_or_parts.mean():.1f} ± {sd.recovered_or_parts.std(ddof=1):.1f} concepts are recovered; "
+        L.append(f"Across {len(sd)} seeds the gap is {sd['diff'].mean():.2f} ± {sd['diff'].std(ddof=1):.2f}"
+                 + (f" and {sd.recovered_or_parts.mean():.1f} ± {sd.recovered_or_parts.std(ddof=1):.1f} concepts are "
+                    "recovered" if "recovered_or_parts" in sd else "") + "; "
                  f"{seeds.matched.mean():.0%} of the run's latents have a partner at cosine >= {match_cosine} in another "
                  "seed (Hungarian matching of decoder directions)"
                  + (f", {seeds.matched_frequent.mean():.0%} of the {int(seeds.frequent.iloc[0])} that fire on at least 1% "
@@ -507,7 +508,10 @@ def plot_controls(tab: pd.DataFrame):
     t = tab[~(tab.kind == "raw") & ~tab.name.str.endswith("raw dimensions")].iloc[::-1]
     fig, ax = plt.subplots(1, 3, figsize=(13, 0.45 * len(t) + 1.6), sharey=True)
     yy = np.arange(len(t))
-    ax[0].errorbar(t["diff"], yy, xerr=[t["diff"] - t.lo, t.hi - t["diff"]], fmt="o", color="C0")
+    if ((t.lo <= t["diff"]) & (t["diff"] <= t.hi)).all():
+        ax[0].errorbar(t["diff"], yy, xerr=[t["diff"] - t.lo, t.hi - t["diff"]], fmt="o", color="C0")
+    else:                                              # a basic interval need not hold a biased estimate: as it is
+        ax[0].hlines(yy, t.lo, t.hi, color="C0"); ax[0].plot(t["diff"], yy, "o", color="C0")
     ax[0].axvline(0, color="grey", lw=0.8); ax[0].set_xlabel("best-unit entropy - raw (95% interval)")
     if "encodable" in t:
         ax[1].barh(yy, t.recovered_or_parts / t.encodable.clip(lower=1), color="C2", label="whole or by parts")

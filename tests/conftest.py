@@ -26,6 +26,12 @@ def tiny_args(out_root, *extra) -> list[str]:
     return [a for o in [*TINY, f"run.out_root={out_root}", *extra] for a in ("--set", o)]
 
 
+SHARED = [*TINY, "metrics.labels=chexpert5", "analyses.linearity_pairs=40", "naming.vocabulary_min_count=20",
+          "sae.sweep_l1=[0.3,3.0]"]
+"""The suite's one finished tiny run: the tiny default run with five labels that vary on its valid split (so the
+held-out selection runs), 40 linearity pairs, a vocabulary of report entities seen 20 times, two sweep penalties."""
+
+
 def run_cli(*args, cwd=ROOT, check=True, env=None):
     "Run the installed `medsae` console script; returns the CompletedProcess."
     exe = Path(sys.executable).parent / "medsae"
@@ -62,3 +68,20 @@ def working_clone(dest) -> Path:
 def clone_env(clone) -> dict:
     "The environment that runs a clone's own package (and its notebooks' kernels) with this venv's packages."
     return {**os.environ, "PYTHONPATH": str(clone)}
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory):
+    """The suite's one finished tiny run, made once per pytest run as a reviewer makes one: `medsae pipeline` (the
+    Papermill notebooks) with the `SHARED` sizes in a git clone of the working tree, with its own code, `figures/` and
+    `runs/`. Tests that read it share it; tests/test_reproduce.py, which changes it, runs after them."""
+    from types import SimpleNamespace
+    from medsae.config import load_config
+    from medsae.layout import FiguresFolder, RunLayout
+    clone = working_clone(tmp_path_factory.mktemp("tiny") / "clone")
+    cli = lambda *a, **k: run_cli(*a, cwd=clone, env=clone_env(clone), **k)
+    args = [a for o in SHARED for a in ("--set", o)]
+    out = cli("pipeline", *args).stdout
+    return SimpleNamespace(clone=clone, cli=cli, args=args, out=out, run=RunLayout(clone / "runs" / "default"),
+                           figures=FiguresFolder(clone / "figures"),
+                           cfg=load_config(None, [*SHARED, f"run.out_root={clone / 'runs'}"]))

@@ -6,29 +6,17 @@ import json
 import numpy as np
 import pandas as pd
 
-from conftest import TINY, run_cli, tiny_args
 from medsae.ablation import ablation_run
-from medsae.config import LABEL_SETS, load_config
-from medsae.layout import RunLayout
+from medsae.config import LABEL_SETS
 
 
-EXTRA = ["metrics.labels=chexpert5"]           # five labels that vary on the tiny valid split: held-out selection runs
-
-
-def test_ablation_table_of_a_tiny_run(tmp_path):
-    args = [*tiny_args(tmp_path, *EXTRA), "--figures", tmp_path / "figures"]
-    for stage in ("phantom", "encoder", "extract", "sae", "evaluate"):
-        run_cli(stage, *args)
-    check_ablation(tmp_path)
-
-
-def check_ablation(tmp_path):
-    "The checks of the evaluate stage's ablation table of the tiny run under `tmp_path`."
-    run = RunLayout(tmp_path / "default")
+def test_ablation_table_of_a_tiny_run(tiny_pipeline, tmp_path):
+    "The ablation table of the suite's tiny run (conftest.SHARED: five labels that vary on its valid split)."
+    run, figures, cfg = tiny_pipeline.run, tiny_pipeline.figures.path, tiny_pipeline.cfg
     t = pd.read_csv(run.evaluate.ablation, keep_default_na=False).set_index("choice")
     assert list(t.index) == ["baseline", "-1 coding", "8 labels", "best unit chosen in-sample vs held-out",
                              "SAE as published", "same-split naming"]
-    assert (tmp_path / "figures" / "evaluate_ablation.md").exists()
+    assert (figures / "evaluate_ablation.md").exists()
     summ = json.loads(run.evaluate.summary.read_text())
     c = summ["comparison"]
     num = lambda row, col: float(t.loc[row, col])
@@ -54,7 +42,6 @@ def check_ablation(tmp_path):
     assert "3e-05 on raw inputs" in t.loc["SAE as published", "setting"]
     assert t.loc["same-split naming", "SAE - raw [lo, hi]"] == "n/a"
     # called directly on the same run, with the same config: the same table
-    cfg = load_config(None, [*TINY, f"run.out_root={tmp_path}", *EXTRA])
     again = ablation_run(run.activations, run.extract.store, tmp_path / "again", cfg, cfg.run.seed)
     pd.testing.assert_frame_equal(again.set_index("choice")[["diff", "lo", "hi"]], t[["diff", "lo", "hi"]].apply(pd.to_numeric),
                                   check_dtype=False, atol=1e-9)

@@ -60,7 +60,7 @@ def paper_setup(tmp_path_factory, chexpert_train):
     from test_encoders import tiny_tokenizer
     d = tmp_path_factory.mktemp("paper")
     train, valid, bad = chexpert_small_lookalike(d / "chexpert", chexpert_train)
-    torch.manual_seed(0)
+    torch.manual_seed(1)                     # not seed 0: the run's random-encoder control is MedCLIP from seed 0
     (d / "weights").mkdir()
     z = save_official_zip(build_medclip("resnet50").model, d / "weights" / "medclip-pretrained.zip",
                           {"text_model.model.embeddings.position_ids": torch.arange(512)[None]})

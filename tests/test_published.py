@@ -6,20 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, TINY
+from conftest import ROOT
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    "A tiny default run through the report stage (the published analyses in its evaluate and name stages)."
-    from medsae.config import load_config
+def tiny_run(tiny_pipeline):
+    "The suite's tiny run (conftest.tiny_pipeline: the published analyses in its evaluate and name stages)."
     from medsae.stages import Pipeline
-    d = tmp_path_factory.mktemp("published")
-    cfg = load_config(None, [*TINY, f"run.out_root={d / 'runs'}", "analyses.linearity_pairs=40",
-                             "naming.vocabulary_min_count=20", "sae.sweep_l1=[0.3,3.0]"])
-    p = Pipeline(cfg, d / "figures", log=lambda *a: None)
-    p.until()
-    return cfg, p
+    return tiny_pipeline.cfg, Pipeline(tiny_pipeline.cfg, tiny_pipeline.figures.path, log=lambda *a: None)
 
 
 def test_linearity_fits_and_their_invariants(tiny_run):
