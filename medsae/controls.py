@@ -177,8 +177,7 @@ def naming_accuracy(units: UnitSet, codes_eval, codes_name, bench: Bench, cfg, f
     each named by the vocabulary phrase nearest its direction, judged by the encoder's text tower on the eval split
     against the same names shuffled among the units (random explanations)."""
     from medsae.naming import NamingItem, VocabularyNamer, active_counts, eligible_latents
-    from medsae.naming_eval import TextJudge, _pick_units, derangement, score_names
-    from medsae.stages import memo_text_encoder
+    from medsae.naming_eval import TextJudge, _pick_units, derangement, memo_text_encoder, score_names
     kind = "sae" if units.sparse else "raw"
     m = codes_eval.shape[1]
     pool = eligible_latents(codes_name, cfg.min_active) if units.sparse else np.arange(m)
@@ -279,24 +278,24 @@ CONTROL_FIELDS = {"seeds": ("seeds", "match_cosine"), "ica": ("ica_max_iter",)}
 CONTROLS_VERSION = 1
 "Bump when a control computes something else: every cached control is remade."
 
-def random_encoder(cfg, seed: int, out: str | Path):
+def random_encoder(cfg, seed: int, out: str | Path, build: Callable, weights: str | Path | None = None):
     """The run's encoder architecture with seeded random weights, never trained. The default encoder's image tower
     and projections are initialised from `seed` and saved as a checkpoint in `out` (its frozen MiniLM sentence
     model is the shipped one, as in the trained encoder); another MedCLIP or open_clip encoder is built without
-    weights after seeding torch."""
+    weights after seeding torch. `build(cfg)`: the run's encoder for a config (the stage layer's `run_encoder`);
+    `weights`: the run's default-encoder checkpoint, whose architecture is taken."""
     import torch
     from medsae.config import EncoderTrainingConfig
     from medsae.encoders import build_phantom_model, save_phantom_encoder
-    from medsae.stages import encoder_weights, run_encoder
     torch.manual_seed(seed)
     if cfg.encoder.name != "medclip-phantom":
-        return run_encoder(cfg.model_copy(update=dict(encoder=cfg.encoder.model_copy(
+        return build(cfg.model_copy(update=dict(encoder=cfg.encoder.model_copy(
             update=dict(weights=None, random_weights=True)))))
-    meta = json.loads(Path(encoder_weights(cfg)).with_suffix(".json").read_text())
+    meta = json.loads(Path(weights).with_suffix(".json").read_text())
     tc = EncoderTrainingConfig(**{k: v for k, v in meta["training"].items() if k in EncoderTrainingConfig.model_fields})
     w = save_phantom_encoder(build_phantom_model(tc), Path(out) / "random_encoder.safetensors",
                              dict(training=tc.model_dump(mode="json"), random_seed=seed))
-    return run_encoder(cfg.model_copy(update=dict(encoder=cfg.encoder.model_copy(update=dict(weights=w)))))
+    return build(cfg.model_copy(update=dict(encoder=cfg.encoder.model_copy(update=dict(weights=w)))))
 
 # %% ../nbs/57_controls.ipynb #4b2f1b94
 LABELS = {"raw": "raw dimensions", "sae": "SAE (the run)", "seeds": "SAE at seed {seed}",
@@ -309,13 +308,14 @@ def _jsonable(v):
     if isinstance(v, float) and not np.isfinite(v): return None
     return v
 
-def controls_stage_run(cfg, layout, out: str | Path, root: str | Path, encoder: Callable, embed: Callable,
-                       vocabulary: Sequence[str] | None, base_key: dict, progress: bool = True) -> dict:
+def controls_stage_run(cfg, layout, out: str | Path, root: str | Path, encoder: Callable, weights: str | Path | None,
+                       embed: Callable, vocabulary: Sequence[str] | None, base_key: dict, progress: bool = True) -> dict:
     """Every control of `cfg.controls` measured like the run's SAE, into `out` (controls.csv, the seeds' matching, a
     figure). Each control is kept in `runs/<name>/cache/controls/<control>-<key>/` under a key of the run's inputs
     (`base_key`), the metrics and naming config and its own fields: a control whose key is unchanged is read back, so
-    changing one control remakes that one alone, and a crash loses only the control it interrupted. `encoder()`: the
-    run's encoder; `embed(encoder, folder)`: an embedding store of the run's images by another encoder."""
+    changing one control remakes that one alone, and a crash loses only the control it interrupted. `encoder(cfg)`: the
+    encoder of a config (the stage layer's `run_encoder`); `weights`: the run's encoder checkpoint; `embed(encoder,
+    folder)`: an embedding store of the run's images by another encoder."""
     import os
     import shutil
     from tqdm.auto import tqdm
@@ -326,7 +326,7 @@ def controls_stage_run(cfg, layout, out: str | Path, root: str | Path, encoder: 
     cc, seed, L = cfg.controls, cfg.run.seed, layout
     out = ControlsFolder(out); out.path.mkdir(parents=True, exist_ok=True)
     cache = Path(L.cache.path) / "controls"
-    enc = encoder()
+    enc = encoder(cfg)
     bench = run_bench(cfg, L.extract.store, root, lambda t: enc.encode_texts(t).cpu().numpy(), vocabulary)
     xva = EmbeddingStore(L.extract.store).split("valid")[0]
     sae_sum = json.loads(L.sae.summary.read_text())
@@ -359,7 +359,7 @@ def controls_stage_run(cfg, layout, out: str | Path, root: str | Path, encoder: 
         return rows
 
     def random_enc(work):
-        e = random_encoder(cfg, seed, work)
+        e = random_encoder(cfg, seed, work, encoder, weights)
         store = embed(e, work / "store")
         b = run_bench(cfg, store, root, lambda t: e.encode_texts(t).cpu().numpy(), vocabulary)
         bx = EmbeddingStore(store).split("valid")[0]

@@ -19,8 +19,9 @@ from .naming import NameCache, NameResult, _column, load_gray, naming_split, tex
 
 # %% auto #0
 __all__ = ['JUDGE_SYSTEM', 'JUDGE_PROMPT', 'PUBLISHED_JUDGE_SYSTEM', 'PUBLISHED_JUDGE_PROMPT', 'published_positives', 'eval_set',
-           'detection_scores', 'TextJudge', 'VLMJudge', 'vlm_judge', 'derangement', 'score_names', 'summarise_scores',
-           'plot_naming_accuracy', 'sentence_embedder', 'says_concept', 'name_correctness', 'naming_eval_stage_run']
+           'detection_scores', 'memo_text_encoder', 'TextJudge', 'VLMJudge', 'vlm_judge', 'derangement', 'score_names',
+           'summarise_scores', 'plot_naming_accuracy', 'sentence_embedder', 'says_concept', 'name_correctness',
+           'naming_eval_stage_run']
 
 # %% ../nbs/62_naming_eval.ipynb #ec201c08
 def published_positives(values: np.ndarray, n_pos: int = 30) -> np.ndarray:
@@ -65,6 +66,16 @@ JUDGE_PROMPT = (
     "Concept: {concept}\nDescription: {description}\n\nFor each of the {n} chest X-ray images above, in order, decide "
     "whether it shows this concept. Answer only with a JSON list of {n} numbers, 1 if the image shows the concept and "
     "0 if it does not, e.g. {example}.")
+
+def memo_text_encoder(encode: Callable) -> Callable:
+    "A text encoder that encodes each distinct text once (the judge sees the same names again: random explanations)."
+    cache: dict = {}
+    def f(texts):
+        texts = list(texts)
+        miss = [t for t in dict.fromkeys(texts) if t not in cache]
+        if miss: cache.update(zip(miss, np.asarray(encode(miss))))
+        return np.stack([cache[t] for t in texts])
+    return f
 
 class TextJudge:
     "Offline judge: ranks the images by similarity of their embeddings to the name's text embedding; top half positive."

@@ -16,9 +16,8 @@ from .layout import FiguresFolder, RunLayout, sibling
 
 # %% auto #0
 __all__ = ['STAGES', 'STAGE', 'COMMANDS', 'Stage', 'data_root', 'label_policy', 'encoder_weights', 'dataset_tables',
-           'dataset_splits', 'dataset_frame', 'check_splits', 'run_encoder', 'memo_text_encoder', 'StaleResult',
-           'Pipeline', 'reproduce', 'NotebookStage', 'notebook_stage', 'pipeline_notebooks', 'notebook_key',
-           'run_notebooks']
+           'dataset_splits', 'dataset_frame', 'check_splits', 'run_encoder', 'StaleResult', 'Pipeline', 'reproduce',
+           'NotebookStage', 'notebook_stage', 'pipeline_notebooks', 'notebook_key', 'run_notebooks']
 
 # %% ../nbs/89_stages.ipynb #84bb1471
 @dataclass(frozen=True)
@@ -250,22 +249,11 @@ def _name(p, run) -> dict:
                             namer_factories={"vocabulary_published": lambda d, te, codes, out, nc: published_vocabulary_namer(
                                 d, te, codes, out, nc.vocabulary_file, nc.vocabulary_min_count)})
 
-def memo_text_encoder(encode: Callable) -> Callable:
-    "A text encoder that encodes each distinct text once (the judge sees the same names again: random explanations)."
-    import numpy as np
-    cache: dict = {}
-    def f(texts):
-        texts = list(texts)
-        miss = [t for t in dict.fromkeys(texts) if t not in cache]
-        if miss: cache.update(zip(miss, np.asarray(encode(miss))))
-        return np.stack([cache[t] for t in texts])
-    return f
-
 def _judge(cfg: Config, split: str | None = None):
     "The judge of the naming evaluation (on `split`, default `naming.eval_split`): the offline text judge or a VLM."
     from medsae.extract import EmbeddingStore
     from medsae.naming import build_vlm
-    from medsae.naming_eval import TextJudge, vlm_judge
+    from medsae.naming_eval import TextJudge, memo_text_encoder, vlm_judge
     if cfg.naming.judge == "text":
         enc = run_encoder(cfg)
         emb, _ = EmbeddingStore(RunLayout(cfg.run_dir).extract.store).split(split or cfg.naming.eval_split)
@@ -289,7 +277,7 @@ def _controls(p, run) -> dict:
     base = p.depends("controls")                 # each control's own key: these, without the other controls' fields
     base["config"] = {k: v for k, v in base["config"].items() if not k.startswith("controls.")}
     vocab = read_phrases(cfg.naming.vocabulary_file) if cfg.naming.vocabulary_file else _vocabulary(root)
-    return controls_stage_run(cfg, p.layout, run.path, root, lambda: run_encoder(cfg),
+    return controls_stage_run(cfg, p.layout, run.path, root, run_encoder, encoder_weights(cfg),
                               lambda enc, out: _embed(p, enc, out).path, vocab, base)
 
 def _report(p, run) -> dict:

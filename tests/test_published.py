@@ -132,7 +132,7 @@ def test_results_page_section(tiny_run):
 
 def test_memo_text_encoder_encodes_each_text_once():
     "The offline judge's text encoder (medsae.stages) asks the text tower once per distinct name, in order."
-    from medsae.stages import memo_text_encoder
+    from medsae.naming_eval import memo_text_encoder
     calls = []
     f = memo_text_encoder(lambda t: (calls.append(list(t)), np.array([[len(x), 1.0] for x in t]))[1])
     assert f(["a", "bb", "a"]).tolist() == [[1, 1], [2, 1], [1, 1]]
