@@ -445,6 +445,7 @@ def controls_table(tab: pd.DataFrame) -> pd.DataFrame:
 # %% ../nbs/57_controls.ipynb #0f73a91a
 def _verdict(r, sae) -> str:
     "How a control's entropy gap (its paired interval) stands against the SAE's."
+    if not np.isfinite([r.lo, r.hi, sae.lo, sae.hi]).all(): return "cannot be compared with"
     if r.hi < sae.lo: return "beats"
     return "falls short of" if r.lo > sae.hi else "matches"
 
@@ -452,9 +453,9 @@ def controls_answer(tab: pd.DataFrame) -> str:
     "One sentence: does anything short of a learnt dictionary match the SAE's headline and recovery?"
     sae = tab[tab.kind == "sae"].iloc[0]
     ctl = tab[~tab.kind.isin(["raw", "sae", "seeds"]) & ~tab.name.str.endswith("raw dimensions")]
-    ent = [r["name"] for _, r in ctl.iterrows() if _verdict(r, sae) != "falls short of"]
-    rec = [r["name"] for _, r in ctl.iterrows() if "encodable" in tab and pd.notna(r.get("encodable"))
-           and r.recovered_or_parts / max(r.encodable, 1) >= sae.recovered_or_parts / max(sae.encodable, 1)]
+    ent = [r["name"] for _, r in ctl.iterrows() if _verdict(r, sae) in ("beats", "matches")]
+    rec = [r["name"] for _, r in ctl.iterrows() if "encodable" in tab and r.get("encodable", 0) > 0
+           and sae.get("encodable", 0) > 0 and r.recovered_or_parts / r.encodable >= sae.recovered_or_parts / sae.encodable]
     if not ent and not rec:
         return ("Yes: no control without a learnt dictionary reaches the SAE's entropy interval or recovers as large a "
                 "share of the encodable concepts.")
@@ -466,7 +467,7 @@ def controls_answer(tab: pd.DataFrame) -> str:
 def controls_paragraph(tab: pd.DataFrame, match_cosine: float = 0.7) -> str:
     "The paragraph under the table: what the controls say, with their numbers."
     sae = tab[tab.kind == "sae"].iloc[0]
-    gap = lambda r: f"{r['diff']:.2f} [{r.lo:.2f}, {r.hi:.2f}]"
+    gap = lambda r: f"{_f(r['diff'], 2)} [{_f(r.lo, 2)}, {_f(r.hi, 2)}]"
     share = lambda r: (f"{int(r.recovered_or_parts)} of {int(r.encodable)}" if "encodable" in tab and
                        pd.notna(r.get("encodable")) else "n/a")
     L = [f"The run's SAE minus the same encoder's raw dimensions, in mean best-unit entropy: {gap(sae)}; it recovers "
