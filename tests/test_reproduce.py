@@ -66,7 +66,7 @@ def test_reproduce_default(tiny_pipeline):
     E = np.load(run.extract.store.embeddings)
     assert E.shape == (240, 512) and np.allclose(np.linalg.norm(E, axis=1), 1, atol=1e-4)
     sae = prov(run.sae)["record"]
-    assert sae["sae"]["m"] == 1024 and sae["sweep_models"] == 2 and sae["steps"] == 3 * (160 // 64)
+    assert sae["sae"]["m"] == 1024 and sae["sweep_models"] == 2 * 2 and sae["steps"] == 3 * (160 // 64)  # widths x L1s
     assert isinstance(sae["sweep_rule_met"], bool) and (sae["sweep_rule_met"] or "sparsest" in sae["sweep_rule"])
     assert run.sae.saelens.cfg.exists() and (run.sae.hub / "README.md").exists()
     met = json.loads(run.evaluate.summary.read_text())
