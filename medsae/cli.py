@@ -89,6 +89,8 @@ STAGE_FLAGS: dict[str, list[tuple]] = {
     "controls": [("--unit", "controls.units", dict(action="append", choices=list(CONTROL_UNITS)), "control to run, repeatable"),
                  ("--seeds", "controls.seeds", int, "the run's SAE at this many seeds"),
                  ("--bootstrap", "controls.bootstrap", int, "bootstrap resamples of each row's interval")],
+    "causal": [("--alpha", "causal.alphas", dict(action="append", type=float), "steering dose, repeatable"),
+               ("--percentile", "causal.percentile", float, "activation percentile a dose is counted in")],
     "report": [],
 }
 "Each stage command's flags: (flag, config field, type | True/False for a switch | argparse options, help)."
@@ -135,6 +137,10 @@ def _summary(p, stage: str) -> str:
     if stage == "score-names": return sibling(L.score_names.summary, ".md").read_text()
     if stage == "controls":
         return sibling(L.controls.table, ".md").read_text() + "\n" + json.loads(L.controls.summary.read_text())["paragraph"]
+    if stage == "causal":
+        from medsae.causal import causal_answer
+        s = json.loads(L.causal.summary.read_text())
+        return causal_answer(s) + "\n" + s["paragraph"] + f"\ntables and figures: {L.causal}"
     return f"results page: {p.figures.results}"
 
 def cmd_stage(args) -> int:
@@ -157,19 +163,25 @@ def _preflight(cfg) -> bool:
     return not fails
 
 def cmd_reproduce(args) -> int:
-    from medsae.stages import reproduce
-    cfg = _cfg(args)
+    import time
+    from medsae.stages import reproduce, stage_times
+    cfg, t0 = _cfg(args), time.time()
     if not _preflight(cfg): return 2                 # before the first stage, not after hours of it
     done = reproduce(cfg, args.figures, argv=sys.argv)
+    print("\nwhere the time went:\n" + stage_times(cfg, t0) + f"\nwall time {time.time() - t0:,.0f} s")
     print("\nreproduction finished:")
     for k, v in done.items(): print(f"  {k:16s} {v}")
     print(f"  figures and tables in {Path(args.figures).resolve()}")
     return 0
 
 def cmd_pipeline(args) -> int:
-    from medsae.stages import run_notebooks
+    import time
+    from medsae.stages import run_notebooks, stage_times
+    t0 = time.time()
     if not _preflight(_cfg(args)): return 2          # a bad config or a missing piece fails here, before any notebook
     done = run_notebooks(args.config, list(args.overrides), args.figures, args.only, rerun=args.rerun)
+    print("\nwhere the time went:\n" + stage_times(_cfg(args), t0) + f"\nwall time {time.time() - t0:,.0f} s "
+          "(the stages, and the notebooks' kernels and HTML rendering)")
     print(f"\npipeline finished: {len(done)} executed notebooks in {done[0].parent if done else '-'}; figures, "
           f"tables and RESULTS.md in {Path(args.figures).resolve()}")
     return 0

@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 __all__ = ['CHEXPERT_LABELS', 'CHEXPERT_COMPETITION5', 'LABEL_SETS', 'RUNTIME', 'PHANTOM_FINDINGS', 'RESAMPLING_VERSION',
            'CONTROL_UNITS', 'resolve_labels', 'RunConfig', 'DataConfig', 'PhantomConfig', 'EncoderConfig',
            'EncoderTrainingConfig', 'SAEConfig', 'MetricsConfig', 'AnalysesConfig', 'NamingConfig', 'ControlsConfig',
-           'Config', 'ConfigError', 'parse_override', 'apply_overrides', 'config_from_dict', 'load_config',
-           'config_to_dict', 'save_config', 'config_fields', 'runtime_fields', 'config_values']
+           'CausalConfig', 'Config', 'ConfigError', 'parse_override', 'apply_overrides', 'config_from_dict',
+           'load_config', 'config_to_dict', 'save_config', 'config_fields', 'runtime_fields', 'config_values']
 
 # %% ../nbs/00_config.ipynb #1fd8b772
 CHEXPERT_LABELS: tuple[str, ...] = (
@@ -393,6 +393,16 @@ class ControlsConfig(_Section):
     bootstrap: int = Field(200, ge=0, description="Paired-bootstrap resamples of each row's interval (the ablation "
                            "table's 200; the headline's own interval is on the page above).")
 
+class CausalConfig(_Section):
+    "Do the latents act on what they name? Faithfulness, ablation, steering and absorption (nbs/58_causal)."
+    run: bool = Field(True, description="Run the causal stage (PhantomCXR's planted truth); its section joins the "
+                      "results page.")
+    alphas: list[float] = Field([1.0, 2.0, 4.0], min_length=1, description="Steering doses: a latent is added at alpha "
+                                "x its activation percentile (`percentile`).")
+    percentile: float = Field(95.0, gt=0, le=100, description="The activation percentile (where the latent fires) a "
+                              "steering dose is counted in.")
+    curves: int = Field(4, ge=1, description="Concepts whose steering curves the figure shows.")
+
 class Config(_Section):
     "The whole configuration of a run."
     run: RunConfig = RunConfig()
@@ -405,6 +415,7 @@ class Config(_Section):
     analyses: AnalysesConfig = AnalysesConfig()
     naming: NamingConfig = NamingConfig()
     controls: ControlsConfig = ControlsConfig()
+    causal: CausalConfig = CausalConfig()
 
     @model_validator(mode="after")
     def _folder_has_no_labels(self):

@@ -11,8 +11,8 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['Folder', 'DatasetFolder', 'LabelsFolder', 'LabelsRoot', 'EncoderFolder', 'StoreFolder', 'ExtractFolder',
            'SAELensFolder', 'CheckpointFolder', 'SAEFolder', 'CodesFolder', 'ActivationsFolder', 'MetricsFolder',
-           'NamesFolder', 'ScoresFolder', 'ControlsFolder', 'ReportFolder', 'CacheFolder', 'sibling', 'RunLayout',
-           'FiguresFolder']
+           'NamesFolder', 'ScoresFolder', 'CausalFolder', 'ControlsFolder', 'ReportFolder', 'CacheFolder', 'sibling',
+           'RunLayout', 'FiguresFolder']
 
 # %% ../nbs/03_layout.ipynb #c69ad80e
 class Folder(os.PathLike):
@@ -125,6 +125,13 @@ class ScoresFolder(Folder):
     files = dict(scores="scores.csv", summary="summary.csv", figure="naming_accuracy.png",
                  correctness="correctness.csv", same_split="same_split.csv")
 
+class CausalFolder(Folder):
+    "The causal stage: faithfulness, the ablation matrix and specificity, steering curves, absorption, and figures."
+    files = dict(faithfulness="faithfulness.csv", family="sae_family.csv", matrix="ablation_matrix.csv",
+                 specificity="specificity.csv", steering="steering.csv", absorption="absorption.csv",
+                 faithfulness_figure="faithfulness_sweep.png", specificity_figure="specificity.png",
+                 specificity_html="specificity.html", steering_figure="steering.png", summary="summary.json")
+
 class ControlsFolder(Folder):
     "The controls stage: the table \"Is it learning?\" (page and full), its figure and summary."
     files = dict(table="controls.csv", full="controls_full.csv", figure="controls.png", summary="summary.json")
@@ -163,6 +170,7 @@ class RunLayout(Folder):
         extract=("extract", ExtractFolder), sae=("sae", SAEFolder), activations=("activations", ActivationsFolder),
         evaluate=("evaluate", MetricsFolder), name_stage=("name", NamesFolder),
         score_names=("score-names", ScoresFolder), controls=("controls", ControlsFolder),
+        causal=("causal", CausalFolder),
         report=("report", ReportFolder), cache=("cache", CacheFolder))
     "attribute -> (folder name, folder class); the folder name is the stage's name."
     def __getattr__(self, attr: str):

@@ -15,9 +15,10 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['PAPER', 'PAGE_MAX_COLUMNS', 'PAGE_COLUMNS', 'PAGE_DIGITS', 'REFERENCE', 'SITE_CSS', 'cosine_knn', 'decoder_umap',
-           'latent_colours', 'page_table', 'results_page', 'report_stage_run', 'reference_figures', 'page_with_images',
-           'render_notebooks', 'build_site', 'show_plotly', 'show_figure', 'write_plotly_html', 'unit_table',
-           'run_units', 'entropy_r_figure', 'label_heatmap_figure', 'decoder_map_figure', 'interactive_figures']
+           'latent_colours', 'page_table', 'results_page', 'causal_section', 'report_stage_run', 'reference_figures',
+           'page_with_images', 'render_notebooks', 'build_site', 'show_plotly', 'show_figure', 'write_plotly_html',
+           'unit_table', 'run_units', 'entropy_r_figure', 'label_heatmap_figure', 'decoder_map_figure',
+           'interactive_figures']
 
 # %% ../nbs/70_report.ipynb #694b5ac3
 PAPER = {
@@ -101,13 +102,17 @@ PAGE_COLUMNS: dict[str, list[str]] = {
     "linearity_summary": ["kind", "fit", "composites", "cosine", "cosine_centred", "negative weights", "zero weights"],
     "probes_1d": ["label", "sae_unit", "sae_f1", "sae_heldout_f1", "raw_unit", "raw_f1", "raw_heldout_f1"],
     "sweep_ranking": ["sae", "fve", "l0", "dead", "mean_best_r", "mean_best_entropy", "published choice", "our choice"],
+    "faithfulness": ["concept", "score", "positives", "auroc_x", "auroc_x_hat", "auroc_mean", "kept"],
+    "specificity": ["concept", "part", "latent", "own_drop", "specificity", "random_specificity", "raw_specificity",
+                    "steerable"],
 }
 "The columns a results-page table shows, by the stem of its CSV; tables not named here show every column (at most 8)."
 
-PAGE_DIGITS: dict[str, int] = {"fve": 3, "cos": 3, "l0": 1, "mse": 1}
+PAGE_DIGITS: dict[str, int] = {"fve": 3, "cos": 3, "l0": 1, "mse": 1, "own_drop": 4}
 """Decimals by column; every other number has 2. An AUROC, r, F1 or entropy from a few hundred to 2,000 images has a
 bootstrap interval of a few hundredths (the headline's is about +-0.03), so a third decimal would be noise; FVE and
-cosine over 2,000 held-out embeddings vary in the third."""
+cosine over 2,000 held-out embeddings vary in the third. An ablated latent's AUROC drop (`own_drop`) is a paired
+difference on the same images, mostly in the third and fourth decimals: it has 4."""
 
 _NUM = re.compile(r"[+-]?\d+\.\d+(?:e[+-]?\d+)?|[+-]?\d+")
 
@@ -418,7 +423,47 @@ def results_page(cfg, R, figures, extra: dict | None = None, prefix: str = "", l
               f"![controls]({f('controls', R.controls.figure)})", "",
               f"Every number of every row, and the seeds' matching: [{Path(f('controls', R.controls.full)).name}]"
               f"({f('controls', R.controls.full)}).", ""]
+    if R.causal.summary.exists():                # 8. do the latents act on what they name? (nbs/58_causal)
+        L += causal_section(cfg, R, f, table, links is None)
     return "\n".join(L) + "\n"
+
+def causal_section(cfg, R, f, table, interactive: bool) -> list[str]:
+    "The results page's section 8 from the causal stage's tables (`f`, `table`: the page's figure and table links)."
+    from medsae.causal import absorption_by_width, causal_answer
+    C, s = R.causal, json.loads(_read(R.causal.summary))
+    ab = pd.read_csv(C.absorption)
+    run = ab[(ab.sae == "SAE (the run)") & (ab.parent_latent >= 0)]
+    run = run[["parent", "child", "parent_latent", "fires_child_off", "fires_child_on", "gap", "child_latent", "split"]]
+    html = f("causal", C.specificity_html) if interactive and C.specificity_html.exists() else None
+    alphas = ", ".join(f"{a:g}" for a in s["alphas"] if a)
+    return ["## 8. Do the latents act on what they name?", "",
+            f"**Do the named latents carry, and steer, what they are named for?** {causal_answer(s)}", "",
+            f"Every number here is the encoder's own reading of an edited embedding of the {s['test_images']:,} test "
+            "images, scored against PhantomCXR's planted truth (chapter 58_causal): the zero-shot score for a finding "
+            "(its prompts), a linear probe fitted on the validation images for a technical factor.", "",
+            "**Faithfulness.** The AUROC from the embedding x, from the SAE's reconstruction x_hat, and from the mean "
+            "embedding (chance); *kept* is the share of x's AUROC above chance that x_hat keeps. x_hat + (x - x_hat) "
+            f"gives x's AUROC again (largest difference {s['spliced_max_abs_diff']:.1g}).", "",
+            table(C.faithfulness), "", f"![faithfulness beside FVE]({f('causal', C.faithfulness_figure)})", "",
+            "**Ablation.** Each latent the evaluation names for a concept (whole, or one per part) is removed from the "
+            "test embeddings, its error term kept (x - z_j d_j), and every concept's AUROC measured again. *Specificity* "
+            "is the drop on the latent's own concept over the mean absolute drop on the others; beside it, the same "
+            "for a random latent of the same firing rate and for the concept's best raw dimension (set to zero). "
+            f"*Steerable*: added at alpha = {alphas} x its {s['percentile']:g}th-percentile activation to the images "
+            "without the concept, it moves the concept's zero-shot margin against `no <concept>` (in standard "
+            "deviations; the probe for technical factors) up, and more than any other concept's.", "",
+            table(C.specificity), "",
+            *([f"![ablation matrix]({f('causal', C.specificity_figure)})", "",
+               f"![steering curves]({f('causal', C.steering_figure)})", ""] if C.specificity_figure.exists() else
+              ["*No latent is recovered for a scored concept: nothing to ablate or steer.*", ""]),
+            *([f"The ablation matrix, interactive: [causal_specificity.html]({html}) (plotly, offline).", ""] if html else []),
+            "**Absorption and splitting**, on the run's SAE, its other seeds and every SAE of the sweep: a parent's "
+            "dedicated latent, and the gap P(fires | parent on, child off) - P(fires | parent on, child on) over its "
+            "children (for a side, the other side is the child off: the two gaps are each other's negatives, so the "
+            "table gives each SAE's largest); a child split off has a dedicated latent of its own.", "",
+            page_table(absorption_by_width(pd.read_csv(C.family)))[0], "", "On the run's SAE:", "",
+            page_table(run)[0] if len(run) else "*No parent concept has a dedicated latent on the run's SAE.*", "",
+            s.get("paragraph", ""), ""]
 
 # %% ../nbs/70_report.ipynb #3879234e
 def report_stage_run(cfg, run, figures, out: str | Path, image_root: str | Path | None = None, n_panels: int = 3,
@@ -634,11 +679,12 @@ def build_site(out: str | Path = "_site", proc: str | Path = "_proc", sidebar: s
     (out / "figures").mkdir(parents=True)
     if Path(reference).is_dir(): shutil.copytree(reference, out / "figures" / "reference")
     text = Path(results).read_text() if Path(results).exists() else "# Results\n\nNo results page yet: `make reproduce`."
-    made = sorted(Path(interactive).glob("report_*.html")) if interactive and Path(interactive).is_dir() else []
+    made = sorted([*Path(interactive).glob("report_*.html"), *Path(interactive).glob("causal_*.html")]) \
+        if interactive and Path(interactive).is_dir() else []
     if made:
         for p in [*made, Path(interactive) / "plotly.min.js"]: shutil.copy(p, out / "figures" / p.name)
         text += ("\n## Interactive figures of the last run\n\n"
-                 + "\n".join(f"- [{p.stem.replace('report_', '').replace('_', ' ')}](figures/{p.name})" for p in made) + "\n")
+                 + "\n".join(f"- [{p.stem.replace('report_', '').replace('causal_', 'causal: ').replace('_', ' ')}](figures/{p.name})" for p in made) + "\n")
     pages = [(p, *_site_notebook(read[p], names)) for p in books]
     pages.insert(1 if books and books[0].stem == "index" else 0,
                  (Path("results"), nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(text)]), {"title": "Results"}))

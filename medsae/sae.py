@@ -99,7 +99,19 @@ class SAE(nn.Module):
         self.W_dec.grad -= (self.W_dec.grad * w).sum(1, keepdim=True) * w
 
     @torch.no_grad()
-    def renorm_decoder(self): self.W_dec.data = F.normalize(self.W_dec.data, dim=1)
+    def renorm_decoder(self):
+        "Unit-norm decoder rows, in place (F.normalize's arithmetic: each row over max(its norm, 1e-12))."
+        w = self.W_dec.data
+        w.div_(w.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    def _scratch(self, like: torch.Tensor, shape: tuple) -> torch.Tensor:
+        """A buffer kept across training steps for the pre-activations of a sparse step, which nothing holds past the
+        step. Allocated each step, a (1024, 8192) float tensor (32 MiB, above glibc's largest mmap threshold) was
+        mapped and its 8,192 pages faulted in again every step (`scripts/bench_sae.py --profile`)."""
+        b = self.__dict__.get("_pre_buffer")
+        if b is None or b.shape != shape or b.dtype != like.dtype or b.device != like.device:
+            b = self.__dict__["_pre_buffer"] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        return b
 
     def loss(self, x: torch.Tensor, **kw) -> dict: raise NotImplementedError
 
@@ -263,9 +275,10 @@ class ReLUSAE(SAE):
         if auto_sparse(self.kernel, x):
             with torch.no_grad():
                 xc = x - self.b_dec
-                f = torch.addmm(self.b_enc, xc, self.W_enc).clamp_(min=0)
+                f = torch.addmm(self.b_enc, xc, self.W_enc, out=self._scratch(x, (len(x), self.m))).clamp_(min=0)
             nnz = int(torch.count_nonzero(f))
             if self.kernel == "sparse" or nnz <= SPARSE_MAX_DENSITY * f.numel(): return self._loss_sparse(x, xc, f, l1)
+            f = f.clone()                                         # the dense path keeps f past the step
         loss, mse, l1t, f, x_hat = ReLUSAELoss.apply(x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, l1, xc, f)
         return dict(loss=loss, mse=mse, l1=l1t, f=f, x_hat=x_hat)
 
@@ -302,7 +315,9 @@ class TopKSAE(SAE):
         return torch.zeros_like(pre).scatter_(-1, i, v)
 
     def train_activation(self, pre): return self.activation(pre)
-    def select(self, pre) -> SparseCode: return SparseCode.from_topk(F.relu(pre).topk(self.k, dim=-1).indices, self.m)
+    def select(self, pre, nonneg: bool = False) -> SparseCode:
+        "The active entries of each row (`nonneg`: `pre` is already ReLU'd, in place)."
+        return SparseCode.from_topk((pre if nonneg else F.relu(pre)).topk(self.k, dim=-1).indices, self.m)
     def use_sparse(self, x: torch.Tensor) -> bool:
         return auto_sparse(self.kernel, x) and (self.kernel == "sparse" or self.k <= SPARSE_MAX_DENSITY * self.m)
 
@@ -318,15 +333,15 @@ class TopKSAE(SAE):
     def _loss_sparse(self, x, dead):
         with torch.no_grad():
             xc = x - self.b_dec
-            pre = torch.addmm(self.b_enc, xc, self.W_enc)
-            code = self.select(pre)
+            pre = torch.addmm(self.b_enc, xc, self.W_enc, out=self._scratch(x, (len(x), self.m))).clamp_(min=0)
+            code = self.select(pre, nonneg=True)             # ReLU'd in place: the same selection and values
         vals = F.relu(SparsePre.apply(pre, xc, self.W_enc, self.b_enc, self.b_dec, code))
         x_hat = SparseDecode.apply(vals, self.W_dec, code) + self.b_dec
         mse = ((x - x_hat) ** 2).sum(-1).mean()
         aux = x.new_zeros(())
         if dead is not None and dead.any():                       # AuxK as in _aux_loss, on the sparse kernels
             e = (x - x_hat).detach()
-            with torch.no_grad(): ca = SparseCode.from_topk((F.relu(pre) * dead).topk(min(self.k_aux, int(dead.sum())), dim=1).indices, self.m)
+            with torch.no_grad(): ca = SparseCode.from_topk((pre * dead).topk(min(self.k_aux, int(dead.sum())), dim=1).indices, self.m)
             va = F.relu(SparsePre.apply(pre, xc, self.W_enc, self.b_enc, self.b_dec, ca)) * dead[ca.cols]
             e_hat = SparseDecode.apply(va, self.W_dec, ca)
             aux = ((e - e_hat) ** 2).sum(-1).mean() / ((e - e.mean(0)) ** 2).sum(-1).mean().clamp_min(1e-8)
@@ -356,9 +371,10 @@ class BatchTopKSAE(TopKSAE):
         self.threshold_beta = threshold_beta
         self.register_buffer("threshold", torch.tensor(-1.0))
 
-    def _batch_topk(self, pre):
-        "The k x B largest activations of the batch (flat indices); updates the inference threshold in training."
-        flat = F.relu(pre).flatten()
+    def _batch_topk(self, pre, nonneg: bool = False):
+        """The k x B largest activations of the batch (flat indices); updates the inference threshold in training.
+        `nonneg`: `pre` is already ReLU'd (in place)."""
+        flat = (pre if nonneg else F.relu(pre)).flatten()
         v, i = topk_flat(flat, min(self.k * pre.shape[0], flat.numel()))
         if self.training:
             with torch.no_grad():
@@ -373,7 +389,8 @@ class BatchTopKSAE(TopKSAE):
         v, i = self._batch_topk(pre)
         return torch.zeros(pre.numel(), dtype=pre.dtype, device=pre.device).scatter_(0, i, v).view_as(pre)
 
-    def select(self, pre) -> SparseCode: return SparseCode.from_flat(self._batch_topk(pre)[1], *pre.shape)
+    def select(self, pre, nonneg: bool = False) -> SparseCode:
+        return SparseCode.from_flat(self._batch_topk(pre, nonneg)[1], *pre.shape)
 
     def activation(self, pre):
         "At inference: JumpReLU with the learned threshold (independent of the batch)."

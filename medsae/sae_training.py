@@ -246,6 +246,8 @@ def train_sae(x_raw: torch.Tensor, cfg: SAEConfig = SAEConfig(), seed: int = 0, 
         step, log = state["step"], state["log"]
     end = min(total, steps) if steps else total
     first_loss, t0, seen = None, time.time(), 0
+    import resource
+    r0 = resource.getrusage(resource.RUSAGE_SELF)          # the log's system time and page faults count from here
     def state_dict(): return dict(step=step, total_steps=total, seed=seed, data_hash=dh, rows=n, sae=sae.config(),
                                   config=cfg.model_dump(mode="json"), log=log, **environment_info())
     bar = tqdm(total=end, initial=step, desc=f"SAE {sae.arch} m={sae.m}", unit="step", disable=not progress)
@@ -281,6 +283,8 @@ def train_sae(x_raw: torch.Tensor, cfg: SAEConfig = SAEConfig(), seed: int = 0, 
             m.update(step=step, loss=lv, lr=opt.param_groups[0]["lr"], dead=float(dead_mask(since, n, cfg).float().mean()),
                      dense=float(((fd > 0).float().mean(0) > 0.1).float().mean()),
                      samples_per_s=seen / max(time.time() - t0, 1e-9))
+            r = resource.getrusage(resource.RUSAGE_SELF)
+            m.update(system_s=r.ru_stime - r0.ru_stime, minor_faults=r.ru_minflt - r0.ru_minflt)
             log.append(m)
             bar.set_postfix(fve=f"{m['fve']:.3f}", l0=f"{m['l0']:.1f}", dead=f"{m['dead']:.2f}")
         bar.update(1)

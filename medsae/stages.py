@@ -17,7 +17,7 @@ from .layout import FiguresFolder, RunLayout, sibling
 # %% auto #0
 __all__ = ['STAGES', 'STAGE', 'COMMANDS', 'Stage', 'data_root', 'label_policy', 'encoder_weights', 'dataset_tables',
            'dataset_splits', 'dataset_frame', 'check_splits', 'run_encoder', 'StaleResult', 'Pipeline', 'reproduce',
-           'NotebookStage', 'notebook_stage', 'pipeline_notebooks', 'notebook_key', 'run_notebooks']
+           'stage_times', 'NotebookStage', 'notebook_stage', 'pipeline_notebooks', 'notebook_key', 'run_notebooks']
 
 # %% ../nbs/89_stages.ipynb #84bb1471
 @dataclass(frozen=True)
@@ -280,6 +280,12 @@ def _controls(p, run) -> dict:
     return controls_stage_run(cfg, p.layout, run.path, root, run_encoder, encoder_weights(cfg),
                               lambda enc, out: _embed(p, enc, out).path, vocab, base)
 
+def _causal(p, run) -> dict:
+    from medsae.causal import causal_stage_run
+    cfg = p.cfg
+    enc = run_encoder(cfg)
+    return causal_stage_run(cfg, p.layout, run.path, data_root(cfg), lambda t: enc.encode_texts(t).cpu().numpy())
+
 def _report(p, run) -> dict:
     from medsae.report import report_stage_run
     return report_stage_run(p.cfg, p.layout, p.figures, run.path, data_root(p.cfg))
@@ -371,8 +377,15 @@ STAGES: tuple[Stage, ...] = (
            "naming.eval_positive", "naming.eval_negative", "naming.vocabulary_file"), _controls,
           lambda L: [L.controls.table, L.controls.full, L.controls.figure],
           lambda cfg: cfg.controls.run and cfg.data.dataset != "folder"),
+    Stage("causal", "do the latents act on what they name? faithfulness, ablation, steering, absorption",
+          ("sae", "evaluate", "controls"), ("causal", "sae", "metrics", "encoder", "data.labels", "data.uncertain",
+                                            "data.blank", "data.subset_order"), _causal,
+          lambda L: [L.causal.faithfulness, L.causal.family, L.causal.specificity, L.causal.absorption,
+                     L.causal.faithfulness_figure, L.causal.specificity_figure, L.causal.steering_figure,
+                     L.causal.specificity_html],
+          lambda cfg: cfg.causal.run and _is_phantom(cfg)),
     Stage("report", "example panels, the decoder map and the results page",
-          ("sae", "evaluate", "name", "score-names", "controls"),
+          ("sae", "evaluate", "name", "score-names", "controls", "causal"),
           ("run",), _report, lambda L: [L.report.umap_figure, *L.report.panels(), (L.report.results, "RESULTS.md"),
                                         L.report.decoder_map, L.report.entropy_r, L.report.label_heatmap,
                                         (L.report.plotly_js, "plotly.min.js")]),
@@ -500,6 +513,24 @@ class Pipeline:
 def reproduce(cfg: Config, figures: str | Path = "figures", argv: list[str] | None = None) -> dict[str, Path]:
     "Every stage of `cfg`'s run, reusing what is up to date; returns {stage: folder}."
     return Pipeline(cfg, figures, argv).until()
+
+def stage_times(cfg: Config, since: float | None = None) -> str:
+    """Where a run's time went: each stage's seconds from its provenance (started to finished), and whether it was
+    made after `since` (a `time.time()`; before it: reused, with the time it took when it was made). A table in
+    markdown, as `make reproduce` ends with."""
+    import datetime as dt
+    from medsae.provenance import is_complete, read_provenance
+    L, rows, made = RunLayout(cfg.run_dir), [], 0.0
+    for st in STAGES:
+        d = L.stage(st.name)
+        if not is_complete(d): continue
+        p = read_provenance(d)
+        t0, t1 = (dt.datetime.fromisoformat(p[k]).timestamp() for k in ("started", "finished"))
+        now = since is None or t1 >= since
+        made += (t1 - t0) if now else 0
+        rows.append(f"| {st.name} | {t1 - t0:,.0f} | {'made' if now else 'reused'} |")
+    return "\n".join(["| stage | seconds | this run |", "|---|---|---|", *rows,
+                      f"| stages made by this run | {made:,.0f} | |"])
 
 # %% ../nbs/89_stages.ipynb #e8c52285
 def _from_root(path: str | Path | None) -> Path | None:

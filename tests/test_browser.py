@@ -114,7 +114,7 @@ def lab(tmp_path_factory):
 
 def explorer_notebook(dest: Path, run_dir: Path, image_root: Path, split: str = "valid") -> Path:
     "The pipeline's explorer notebook, its parameters cell set to open `run_dir` as it is (what a student edits)."
-    nb = nbformat.read(ROOT / "nbs" / "_pipeline" / "11_explore.ipynb", as_version=4)
+    nb = nbformat.read(ROOT / "nbs" / "_pipeline" / "12_explore.ipynb", as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     cell.source += f"\nrun_dir = {str(run_dir)!r}\nimage_root = {str(image_root)!r}\nsplit = {split!r}\n"
     nbformat.write(nb, dest)
@@ -327,8 +327,8 @@ def check_published_pages(run, figures, shots: Path | None = None) -> dict:
             tip = page.wait_for_selector(".hoverlayer .hovertext", timeout=30_000).text_content()
             assert "latent" in tip and "entropy" in tip and "best label" in tip, tip
         finally: b.close()
-    assert sum(s["plotly"] for k, s in seen.items() if k.startswith(("06_", "10_"))) >= 3   # the notebooks' plotly figures
-    assert seen["10_report.html"]["images"] >= 5                                          # the results page's figures
+    assert sum(s["plotly"] for k, s in seen.items() if k.startswith(("06_", "11_"))) >= 3   # the notebooks' plotly figures
+    assert seen["11_report.html"]["images"] >= 5                                          # the results page's figures
     import tempfile                                          # the site's results page, as `make docs` renders it:
     from medsae.report import build_site                     # its figures and the run's interactive figures load
     site = Path(tempfile.mkdtemp()) / "_site"

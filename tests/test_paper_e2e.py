@@ -150,7 +150,7 @@ def check_warm_pipeline(cfg_file, over, tmp_path, R, monkeypatch):
     assert {p.name: p.read_bytes() for p in figures.rglob("*") if p.is_file()} == before
     edited = tmp_path / "nbs"; edited.mkdir()
     for p in stages.pipeline_notebooks():
-        if p.stem != "10_report": shutil.copyfile(p, edited / p.name); continue
+        if p.stem != "11_report": shutil.copyfile(p, edited / p.name); continue
         nb = nbformat.read(p, as_version=4)
         nb.cells.append(nbformat.v4.new_markdown_cell("A reader's note."))
         nbformat.write(nb, edited / p.name)
@@ -158,10 +158,10 @@ def check_warm_pipeline(cfg_file, over, tmp_path, R, monkeypatch):
     log = []
     stages.run_notebooks(str(cfg_file), over, figures=str(figures), log=log.append)
     ran = [m.split()[1] for m in log if m.startswith("[pipeline]") and " done in " in m]
-    assert ran == ["10_report.ipynb"], log
-    assert "A reader's note." in (R.notebooks / "10_report.ipynb").read_text()
-    assert {p.name: p.stat().st_mtime_ns for p in R.notebooks.glob("*.ipynb") if p.stem != "10_report"} == \
-        {k: v for k, v in stamps.items() if k != "10_report.ipynb"}
+    assert ran == ["11_report.ipynb"], log
+    assert "A reader's note." in (R.notebooks / "11_report.ipynb").read_text()
+    assert {p.name: p.stat().st_mtime_ns for p in R.notebooks.glob("*.ipynb") if p.stem != "11_report"} == \
+        {k: v for k, v in stamps.items() if k != "11_report.ipynb"}
 
 
 def test_no_weights_no_run_unless_random_weights_are_asked_for(paper_setup, tmp_path):

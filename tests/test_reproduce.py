@@ -75,6 +75,7 @@ def test_reproduce_default(tiny_pipeline):
     assert set(met["comparison"]) == {"raw", "sae", "sae - raw"} and met["ground_truth"]["concepts"] > 10
     check_reconstruction_probes(run, met["ground_truth"])
     check_controls(run, met)
+    check_causal(run, T.cfg, clone)
     names = figures.of("name", run.name_stage.names).read_text()
     assert "vocabulary" in names and "enrichment" in names
     ne = prov(run.score_names)["record"]
@@ -101,6 +102,10 @@ def test_reproduce_default(tiny_pipeline):
     (figures / "phantom_findings.png").unlink()
     again = cli("reproduce", *args).stdout          # `medsae reproduce`, unchanged config: every stage is reused
     for st in STAGES: assert f"[{st.name}] up to date" in again, st.name
+    times = again[again.index("where the time went"):]                # the stage-time table: every stage reused
+    assert "| phantom |" in times and "| made |" not in times and "| stages made by this run | 0 |" in times, times
+    made = T.out[T.out.index("where the time went"):]                 # the first run made them all
+    assert all(f"| {st.name} |" in made for st in STAGES) and "| reused |" not in made, made
     assert (figures / "phantom_findings.png").exists()   # a deleted figure is published again
     for stage in COMMANDS:                          # each stage's own command finds the pipeline's result, and says so
         out = cli(stage, *args).stdout
@@ -163,6 +168,61 @@ def check_controls(run, met):
     assert (full.units == min(160, 512)).all() and (full.fve <= 1 + 1e-9).all()
     assert t[t.kind == "random_projection"].l0.iloc[0] <= round(json.loads(run.sae.summary.read_text())["valid"]["l0"])
     assert "## 7. Is it learning? Controls" in run.report.results.read_text()
+
+
+def check_causal(run, cfg, clone):
+    """The causal stage on the run: x's zero-shot AUROC per finding is the encoder stage's own (its code path, its
+    embeddings of the test split), x_hat + (x - x_hat) gives it again, the latents intervened on are the evaluation's
+    recovered ones, and the family is the run's SAE, its other seeds and every SAE of the sweep."""
+    C = run.causal
+    f = pd.read_csv(C.faithfulness).set_index("concept")
+    enc = pd.read_csv(run.encoder.auroc).set_index("finding")
+    zs = f[f.score == "zero-shot"]
+    assert len(zs) >= 2 and set(f[f.score == "probe"].index) <= set(enc.index)
+    both = zs.auroc_x.notna()
+    assert np.allclose(zs.auroc_x[both], enc.zero_shot_auroc.reindex(zs.index)[both], atol=2e-3), (zs.auroc_x, enc)
+    assert np.allclose(f.auroc_spliced, f.auroc_x, atol=1e-3, equal_nan=True) and (f.auroc_mean.dropna() == 0.5).all()
+    rec = pd.read_csv(run.evaluate.recovery)
+    want = {(r.concept, r.sae_latent) for r in rec.itertuples() if r.sae_recovered and r.concept in f.index}
+    sp_ = pd.read_csv(C.specificity)
+    assert want <= {(r.concept, r.latent) for r in sp_.itertuples()}, (want, sp_)
+    fam = pd.read_csv(C.family)
+    assert fam.sae.iloc[0] == "SAE (the run)" and (fam.sae.str.startswith("SAE at seed").sum() == 2)
+    assert sorted(fam.sae[fam.sae.str.startswith("sweep ")].str[6:]) == sorted(pd.read_csv(run.sae.sweep).name)
+    assert "## 8. Do the latents act on what they name?" in run.report.results.read_text()
+    # 40 test images recover no concept at the page's rule: the stage again with a lax rule, so that it ablates and
+    # steers; one ablation recomputed through the exported SAE (torch) and the encoder's text tower
+    import torch
+    from sklearn.metrics import roc_auc_score
+    from medsae.activations import ExportedSAE
+    from medsae.causal import causal_stage_run
+    from medsae.encoders import FINDING_PROMPTS
+    from medsae.extract import EmbeddingStore
+    from medsae.stages import run_encoder
+    lax = cfg.model_copy(update=dict(metrics=cfg.metrics.model_copy(update=dict(recovery_auroc=0.6, recovery_margin=0.0))))
+    enc = run_encoder(cfg)
+    te = lambda t: enc.encode_texts(t).cpu().numpy()
+    s = causal_stage_run(lax, run, clone / "causal-lax", run.phantom.path, te, progress=False)
+    from medsae.layout import CausalFolder
+    L2 = CausalFolder(clone / "causal-lax")
+    sp2, mat = pd.read_csv(L2.specificity), pd.read_csv(L2.matrix, index_col=0)
+    assert s["targets"] == len(sp2) == len(mat) > 0 and list(mat.columns) == s["concepts"]
+    st = pd.read_csv(L2.steering)
+    assert len(st) == len(sp2) * 2 * (1 + len(cfg.causal.alphas)) and (st[st.alpha == 0].own == 0).all()
+    assert L2.specificity_figure.exists() and L2.steering_figure.exists() and L2.specificity_html.exists()
+    x, idx = EmbeddingStore(run.extract.store).split("test")
+    gt = pd.read_csv(run.phantom.ground_truth, low_memory=False).set_index("Path").loc[idx["Path"]]
+    truth = lambda c: gt[f"planted.{c}"].to_numpy() > 0
+    r = next(r for r in sp2.itertuples() if r.concept in FINDING_PROMPTS and 0 < truth(r.concept).sum() < len(x))
+    sae = ExportedSAE.load(run.sae.saelens)
+    with torch.no_grad():
+        xt = torch.as_tensor(x, dtype=torch.float32); z = sae.encode(xt); z0 = z.clone(); z0[:, r.latent] = 0
+        x_abl = (sae.decode(z0) + (xt - sae.decode(z))).numpy()
+    y = truth(r.concept)
+    t = te(FINDING_PROMPTS[r.concept]).mean(0)
+    score = lambda e: (e / np.linalg.norm(e, axis=1, keepdims=True)) @ t
+    drop = roc_auc_score(y, score(x)) - roc_auc_score(y, score(x_abl))
+    assert np.isclose(mat.loc[mat.index[list(sp2.latent).index(r.latent)], r.concept], drop, atol=1e-4), (drop, r)
 
 
 def check_reconstruction_probes(run, g):

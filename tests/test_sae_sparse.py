@@ -101,3 +101,33 @@ def test_gpu_check_runs_quick_on_cpu():
                                                      f"| sweep {arch}, one pass, stacked"], rows
         dw, dfve = map(float, re.search(r"max \|dW_dec\| (\S+), max \|dFVE\| (\S+) \|", rows[-1]).groups())
         assert dw < 1e-4 and dfve < 1e-4, rows[-1]
+
+
+def test_bench_sae_small(tmp_path):
+    """scripts/bench_sae.py in small form (CI; no timing is asserted): the interleaved repeats, every method once per
+    repeat, the ratio to the bound of the same repeat, the median and spread columns, and the profile's phases."""
+    import json, os, re, subprocess, sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "rows.json"
+    r = subprocess.run([sys.executable, str(root / "scripts/bench_sae.py"), "--steps", "2", "--warmup", "2", "--repeats", "3",
+                        "--d", "32", "--m", "256", "--batch", "64", "--l0", "8", "--profile", "--json", str(out)],
+                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(root)), timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    methods = ["dense bound (5 GEMMs)", "ours sparse, relu", "ours sparse, batchtopk"]
+    assert sorted({(x["method"], x["repeat"]) for x in rows}) == sorted((m, k) for m in methods for k in range(3))
+    bound = {x["repeat"]: x["samples_per_s"] for x in rows if x["method"] == methods[0]}
+    for x in rows: assert abs(x["x_bound"] - x["samples_per_s"] / bound[x["repeat"]]) < 1e-9, x   # per repeat
+    head = "| method | L0 | samples/s | x bound | x bound, worst repeat | system ms / step | minor faults / step |"
+    table = r.stdout[r.stdout.index(head):].splitlines()[2:5]
+    assert [l.split(" | ")[0] for l in table] == [f"| {m}" for m in methods], r.stdout
+    for line, m in zip(table, methods):
+        cells = line.split(" | ")
+        got = sorted(x["samples_per_s"] for x in rows if x["method"] == m)
+        assert re.fullmatch(r"[\d,]+ \([\d,]+-[\d,]+\)", cells[2]), line                 # median (min-max)
+        assert cells[2].replace(",", "").startswith(f"{got[1]:.0f} ({got[0]:.0f}-{got[2]:.0f})"), (line, got)
+        worst = min(x["x_bound"] for x in rows if x["method"] == m)
+        assert cells[4] == f"{worst:.2f}", line
+    assert all(f"| {a} | {p} |" in r.stdout for a in ("relu", "batchtopk")
+               for p in ("loss (forward)", "backward", "optimiser", "decoder constraint")), r.stdout
