@@ -247,13 +247,13 @@ def causal_stage_run(cfg, layout, out: str | Path, root: str | Path, text_encode
     from tqdm.auto import tqdm
     from medsae.activations import ExportedSAE, sparse_codes
     from medsae.controls import run_bench
-    from medsae.data import save_figure, write_table
+    from medsae.data import write_table
     from medsae.encoders import FINDING_PROMPTS
     from medsae.evaluation import auroc_matrix, concept_recovery, phantom_concepts
     from medsae.extract import EmbeddingStore
     from medsae.layout import CausalFolder, DatasetFolder
     from medsae.provenance import atomic_write_json
-    from medsae.report import write_plotly_html
+    from medsae.data import save_figure, write_plotly_html
     t0 = time.time()
     cc, mc, seed, L = cfg.causal, cfg.metrics, cfg.run.seed, layout
     out = CausalFolder(out); out.path.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ __all__ = ['META_COLUMNS', 'CHEXPERT_PREFIXES', 'MEDCLIP_MEAN', 'MEDCLIP_STD', '
            'label_value_counts', 'LabelPolicy', 'label_matrix', 'frontal_only', 'patient_ids', 'split_by_patient',
            'balanced_subset', 'chexpert_5x200', 'resolve_image_path', 'image_files', 'load_image', 'pad_to_square',
            'MedCLIPTransform', 'PixelCache', 'PixelLookup', 'ChexpertImages', 'collate_skipping', 'write_skipped',
-           'scan_images', 'make_image_fixtures', 'write_table', 'plot_label_counts', 'save_figure',
+           'scan_images', 'make_image_fixtures', 'write_table', 'plot_label_counts', 'write_plotly_html', 'save_figure',
            'chexpert_label_stage']
 
 # %% ../nbs/10_data.ipynb #de4ec295
@@ -447,6 +447,12 @@ def plot_label_counts(counts: pd.DataFrame, title: str = ""):
     ax.legend(ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0 if not title else 1.06), frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
+
+def write_plotly_html(fig, path: str | Path) -> Path:
+    "A standalone, offline HTML page of a plotly figure; `plotly.min.js` is written once beside it."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(path, include_plotlyjs="directory", full_html=True, config={"displaylogo": False})
+    return path
 
 def save_figure(fig, stem: str | Path, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
     "Save a matplotlib figure in several formats, atomically."

@@ -16,9 +16,8 @@ import pandas as pd
 # %% auto #0
 __all__ = ['PAPER', 'PAGE_MAX_COLUMNS', 'PAGE_COLUMNS', 'PAGE_DIGITS', 'REFERENCE', 'SITE_CSS', 'cosine_knn', 'decoder_umap',
            'latent_colours', 'page_table', 'results_page', 'causal_section', 'report_stage_run', 'reference_figures',
-           'page_with_images', 'render_notebooks', 'build_site', 'show_plotly', 'show_figure', 'write_plotly_html',
-           'unit_table', 'run_units', 'entropy_r_figure', 'label_heatmap_figure', 'decoder_map_figure',
-           'interactive_figures']
+           'page_with_images', 'render_notebooks', 'build_site', 'show_plotly', 'show_figure', 'unit_table',
+           'run_units', 'entropy_r_figure', 'label_heatmap_figure', 'decoder_map_figure', 'interactive_figures']
 
 # %% ../nbs/70_report.ipynb #694b5ac3
 PAPER = {
@@ -720,11 +719,7 @@ def show_figure(fig, dpi: int = 110):
     buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight"); plt.close(fig)
     display(Image(buf.getvalue()))
 
-def write_plotly_html(fig, path: str | Path) -> Path:
-    "A standalone, offline HTML page of a plotly figure; `plotly.min.js` is written once beside it."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(path, include_plotlyjs="directory", full_html=True, config={"displaylogo": False})
-    return path
+from .data import write_plotly_html             # with save_figure: stages below the report write pages too
 
 def unit_table(codes, emb: np.ndarray, y: np.ndarray, mask: np.ndarray | None, labels, names: pd.DataFrame | None = None,
                concept_auroc: np.ndarray | None = None, concepts=None) -> tuple[pd.DataFrame, np.ndarray]:
