@@ -46,12 +46,14 @@ reproduce: setup
 reference: $(STAMP)
 	$(VENV)/bin/medsae reference update --config $(CONFIG)
 
+# pytest in two processes (pytest-xdist; tests/conftest.py keeps what tests share in one of them)
+TEST_WORKERS ?= 2
 # The numeric paths of medsae.numerics (set when medsae is imported) also for the notebooks that import numpy first.
 PINNED = eval "$$($(PY) -c 'import medsae.numerics as n; print(n.pin_env())')" &&
 
 test: setup
 	$(PINNED) $(OFFLINE) $(VENV)/bin/nbdev_test --n_workers 2 --timing
-	$(PINNED) $(OFFLINE) $(PY) -m pytest -q tests
+	$(PINNED) $(OFFLINE) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 # The cross-CPU test alone: the pinned fingerprint natively and under qemu-x86_64 -cpu Haswell (apt-get install qemu-user).
 check-repro: setup

@@ -18,8 +18,8 @@ from .metrics import MetricError, _check_xy, correlations, detection, entropy, m
 
 # %% auto #0
 __all__ = ['STATISTICS', 'CONTINUOUS_NUISANCE', 'CATEGORICAL_NUISANCE', 'TECHNICAL_PHRASES', 'TWO_LEVEL', 'NO_FINDING_PATTERN',
-           'paired_bootstrap', 'permutation_null', 'compare_units', 'Concepts', 'phantom_concepts', 'probe_ceiling',
-           'column_ranks', 'auroc_matrix', 'concept_recovery', 'parts_recovery', 'hungarian_matching',
+           'PROBE_IDLE_S', 'paired_bootstrap', 'permutation_null', 'compare_units', 'Concepts', 'phantom_concepts',
+           'probe_ceiling', 'column_ranks', 'auroc_matrix', 'concept_recovery', 'parts_recovery', 'hungarian_matching',
            'polysemanticity', 'ground_truth_table', 'plot_entropy_hist', 'plot_correlation_heatmap',
            'plot_concept_recovery', 'fmt_ci', 'paper_table', 'evaluation_stage_run']
 
@@ -312,12 +312,17 @@ def _probe_one(xtr, a, xte, b, C):
     clf = LogisticRegression(C=C, max_iter=2000).fit(xtr, a.astype(int))
     return roc_auc_score(b, clf.decision_function(xte))
 
+PROBE_IDLE_S = 5
+"Seconds that `probe_ceiling`'s idle worker processes wait for the next call before they end."
+
 def probe_ceiling(train_x, train_y: np.ndarray, test_x, test_y: np.ndarray, C: float = 1.0,
                   n_jobs: int | None = None) -> np.ndarray:
     """Test AUROC per concept of a logistic-regression probe on all units, trained on other images: what the
     embedding encodes linearly, the ceiling that a single unit can approach (NaN where a split lacks a class).
     The concepts' probes are independent: they are fitted in `n_jobs` processes (default: one per core; the arrays
-    are sent to them, not memory-mapped, so no shared-memory folder outlives the call)."""
+    are sent to them, not memory-mapped, so no shared-memory folder outlives the call). Idle processes end after
+    `PROBE_IDLE_S`: joblib's default keeps them 300 s, and a process that exits waits for them (5 idle minutes of
+    `make test`); back-to-back calls still reuse them."""
     import os
     from joblib import Parallel, delayed
     from sklearn.preprocessing import StandardScaler
@@ -328,7 +333,8 @@ def probe_ceiling(train_x, train_y: np.ndarray, test_x, test_y: np.ndarray, C: f
     todo = [c for c in range(train_y.shape[1])
             if 0 < train_y[:, c].sum() < len(train_y) and 0 < test_y[:, c].sum() < len(test_y)]
     n_jobs = max(1, min(len(todo), n_jobs or os.cpu_count() or 1))
-    res = Parallel(n_jobs=n_jobs, max_nbytes=None)(delayed(_probe_one)(xtr, train_y[:, c], xte, test_y[:, c], C) for c in todo)
+    res = Parallel(n_jobs=n_jobs, max_nbytes=None, idle_worker_timeout=PROBE_IDLE_S)(
+        delayed(_probe_one)(xtr, train_y[:, c], xte, test_y[:, c], C) for c in todo)
     out[todo] = res
     return out
 

@@ -85,3 +85,23 @@ def tiny_pipeline(tmp_path_factory):
     return SimpleNamespace(clone=clone, cli=cli, args=args, out=out, run=RunLayout(clone / "runs" / "default"),
                            figures=FiguresFolder(clone / "figures"),
                            cfg=load_config(None, [*SHARED, f"run.out_root={clone / 'runs'}"]))
+
+
+# `make test` runs pytest in two processes (pytest-xdist, `-n 2 --dist loadgroup`): most tests use one core (a
+# subprocess, a kernel, a small model), so two of them share the machine's two cores. A group runs in one process,
+# in the order of collection: the tests of a module share its fixtures, and the tests of the one tiny run share it
+# (built once per pytest run; tests/test_reproduce.py, which changes it, runs after its readers). The longest groups
+# start first, so that neither process is left with one of them at the end.
+FIRST = ("tiny", "test_paper_e2e", "test_numerics", "test_general", "test_sae_sparse", "test_phantom")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = "tiny" if "tiny_pipeline" in getattr(item, "fixturenames", ()) else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
+        item.stash[GROUP] = group
+    rank = lambda it: FIRST.index(it.stash[GROUP]) if it.stash[GROUP] in FIRST else len(FIRST)
+    items.sort(key=rank)                                    # stable: collection order within a group
+
+
+GROUP = pytest.StashKey[str]()
