@@ -53,7 +53,7 @@ PINNED = eval "$$($(PY) -c 'import medsae.numerics as n; print(n.pin_env())')" &
 
 test: setup
 	$(PINNED) $(OFFLINE) $(VENV)/bin/nbdev_test --n_workers 2 --timing
-	$(PINNED) $(OFFLINE) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
+	$(PINNED) $(OFFLINE) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope tests
 
 # The cross-CPU test alone: the pinned fingerprint natively and under qemu-x86_64 -cpu Haswell (apt-get install qemu-user).
 check-repro: setup

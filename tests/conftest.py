@@ -87,21 +87,34 @@ def tiny_pipeline(tmp_path_factory):
                            cfg=load_config(None, [*SHARED, f"run.out_root={clone / 'runs'}"]))
 
 
-# `make test` runs pytest in two processes (pytest-xdist, `-n 2 --dist loadgroup`): most tests use one core (a
-# subprocess, a kernel, a small model), so two of them share the machine's two cores. A group runs in one process,
-# in the order of collection: the tests of a module share its fixtures, and the tests of the one tiny run share it
-# (built once per pytest run; tests/test_reproduce.py, which changes it, runs after its readers). The longest groups
-# start first, so that neither process is left with one of them at the end.
+
+# `make test` runs pytest in two processes (pytest-xdist, `-n 2 --dist loadscope`): most tests use one core (a
+# subprocess, a kernel, a small model), so two of them share the machine's two cores. A group runs in one process, in
+# the order of collection: the tests of a module share its fixtures, and the modules that read the one tiny run share
+# it (built once per pytest run; tests/test_reproduce.py, which changes it, runs after its readers). The longest
+# groups start first, so that neither process is left with one of them at the end. (xdist's own `loadgroup` marks do
+# nothing under pytest 9: the scheduler below groups by module instead.)
+TINY_MODULES = ("test_ablation", "test_published", "test_reproduce")
 FIRST = ("tiny", "test_paper_e2e", "test_numerics", "test_general", "test_sae_sparse", "test_phantom")
 
 
+def group_of(nodeid: str) -> str:
+    module = Path(nodeid.split("::")[0]).stem
+    return "tiny" if module in TINY_MODULES else module
+
+
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        group = "tiny" if "tiny_pipeline" in getattr(item, "fixturenames", ()) else item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(group))
-        item.stash[GROUP] = group
-    rank = lambda it: FIRST.index(it.stash[GROUP]) if it.stash[GROUP] in FIRST else len(FIRST)
+    rank = lambda it: FIRST.index(group_of(it.nodeid)) if group_of(it.nodeid) in FIRST else len(FIRST)
     items.sort(key=rank)                                    # stable: collection order within a group
 
 
-GROUP = pytest.StashKey[str]()
+try:
+    from xdist.scheduler import LoadScopeScheduling
+except ImportError:                                         # plain pytest: one process, the same order
+    pass
+else:
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str: return group_of(nodeid)
+
+    def pytest_xdist_make_scheduler(config, log):
+        return GroupScheduling(config, log)
