@@ -227,6 +227,8 @@ def test_aux_loss_by_formula():
     got = _aux_loss(s, x, x_hat, pre, dead, 3)
     assert np.isclose(float(got), aux_ref(x, x_hat, pre, dead, s.W_dec, 3))
     assert np.isclose(float(_aux_loss(s, x, x_hat, pre, dead, 10)), aux_ref(x, x_hat, pre, dead, s.W_dec, 4))
+    W = torch.randn(8, 4, dtype=torch.float64)                         # a stacked sweep's member decoder, passed in
+    assert np.isclose(float(_aux_loss(s, x, x_hat, pre, dead, 3, W_dec=W)), aux_ref(x, x_hat, pre, dead, W, 3))
     assert float(_aux_loss(s, x, x_hat, pre, torch.zeros(8, dtype=torch.bool), 3)) == 0.0
     assert float(_aux_loss(s, x, x_hat, pre, None, 3)) == 0.0
     same = x.clone()                                                   # a zero residual: the variance clamp
@@ -312,8 +314,8 @@ def test_batchtopk_keeps_the_k_times_batch_largest_and_learns_its_threshold():
     assert float(fresh.threshold) == -1.0
     assert torch.equal(fresh.activation(pre), torch.tensor([[5.0, 0, 0, 4], [0, 3, 0, 0], [0, 0, 0, 0]]))
     zero = BatchTopKSAE(2, 4, k=1).train()
-    zero.batch_activation(-torch.ones(3, 4))                           # nothing positive: the threshold stays unset
-    assert float(zero.threshold) == -1.0
+    assert torch.equal(zero.batch_activation(-torch.ones(3, 4)), torch.zeros(3, 4))   # nothing positive: no code,
+    assert float(zero.threshold) == -1.0                                               # and the threshold stays unset
 
 
 def test_matryoshka_groups_and_prefix_losses_by_hand():
