@@ -87,7 +87,6 @@ def tiny_pipeline(tmp_path_factory):
                            cfg=load_config(None, [*SHARED, f"run.out_root={clone / 'runs'}"]))
 
 
-
 # `make test` runs pytest in two processes (pytest-xdist, `-n 2 --dist loadscope`): most tests use one core (a
 # subprocess, a kernel, a small model), so two of them share the machine's two cores. A group runs in one process, in
 # the order of collection: the tests of a module share its fixtures, and the modules that read the one tiny run share
