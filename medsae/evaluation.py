@@ -321,8 +321,8 @@ def probe_ceiling(train_x, train_y: np.ndarray, test_x, test_y: np.ndarray, C: f
     embedding encodes linearly, the ceiling that a single unit can approach (NaN where a split lacks a class).
     The concepts' probes are independent: they are fitted in `n_jobs` processes (default: one per core; the arrays
     are sent to them, not memory-mapped, so no shared-memory folder outlives the call). Idle processes end after
-    `PROBE_IDLE_S`: joblib's default keeps them 300 s, and a process that exits waits for them (5 idle minutes of
-    `make test`); back-to-back calls still reuse them."""
+    `PROBE_IDLE_S`: joblib's default keeps them 300 s, and a process that exits may wait for them (nbdev_test
+    idled 2.5 min); back-to-back calls still reuse them."""
     import os
     from joblib import Parallel, delayed
     from sklearn.preprocessing import StandardScaler
