@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from .provenance import atomic_path, repo_root, sha256_file
+from .provenance import atomic_path, cache_dir, repo_root, sha256_file
 
 # %% auto #0
 __all__ = ['ASSETS', 'Asset', 'data_dir', 'wheel_cache', 'AssetError', 'asset_path', 'fetch_asset', 'fetch_assets']
@@ -57,7 +57,7 @@ def data_dir() -> Path:
     return Path(os.environ.get("MEDSAE_DATA") or repo_root() / "data")
 
 def wheel_cache() -> Path:
-    return Path(os.environ.get("MEDSAE_CACHE", Path.home() / ".cache" / "medsae")) / "wheels"
+    return cache_dir() / "wheels"
 
 # %% ../nbs/02_assets.ipynb #7a71d976
 class AssetError(RuntimeError):

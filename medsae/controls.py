@@ -22,7 +22,7 @@ from .metrics import correlations, monosemanticity
 # %% auto #0
 __all__ = ['CONTROL_NAMES', 'CONTROL_FIELDS', 'CONTROLS_VERSION', 'LABELS', 'UnitSet', 'fve', 'raw_units', 'pca_units',
            'ica_units', 'random_topk_projection', 'sae_units', 'train_control_sae', 'match_dictionaries', 'at_init',
-           'Bench', 'recovery_counts', 'naming_accuracy', 'measure', 'run_bench', 'random_encoder',
+           'encode_once', 'Bench', 'recovery_counts', 'naming_accuracy', 'measure', 'run_bench', 'random_encoder',
            'controls_stage_run', 'controls_table', 'controls_answer', 'controls_paragraph', 'plot_controls']
 
 # %% ../nbs/57_controls.ipynb #6cd097be
@@ -136,6 +136,21 @@ def at_init(directions: np.ndarray, cfg, seed: int, cosine: float = 0.9) -> floa
     return float(((_unit(directions) * _unit(init)).sum(1) >= cosine).mean())
 
 # %% ../nbs/57_controls.ipynb #766db9e4
+def encode_once(encode: Callable) -> Callable:
+    """`encode` (a text tower) remembering each call by its texts: the controls measure many unit sets on one bench,
+    and each asks the tower for the vocabulary's and its names' embeddings again (about 2 s a call for MedCLIP's BERT
+    on 2 cores); the name stage's namers ask for one `naming.vocabulary_file` each. Keyed by the whole call, not
+    text by text, so that every answer has the bits of the call it replaces (a text's embedding alone and in a batch
+    can differ in the last bits). The answers are read-only."""
+    cache: dict = {}
+    def f(texts):
+        k = tuple(texts)
+        if k not in cache:
+            cache[k] = np.asarray(encode(list(k)))
+            cache[k].setflags(write=False)
+        return cache[k]
+    return f
+
 @dataclass
 class Bench:
     "What the units of one encoder are measured on, as the evaluate and score-names stages measure the run's."
@@ -149,8 +164,11 @@ class Bench:
     probe: np.ndarray | None        # the linear-probe AUROC of each concept on these embeddings (encodable: >= min)
     eval_index: pd.DataFrame        # the eval split's rows (image paths for the judge)
     root: Path
-    text_encode: Callable | None    # the encoder's text tower (the vocabulary namer and the text judge)
-    vocabulary: list | None
+    text_encode: Callable | None    # the encoder's text tower (the vocabulary namer and the text judge), each call
+    vocabulary: list | None         #   made once per bench (`encode_once`)
+
+    def __post_init__(self):
+        if self.text_encode is not None: self.text_encode = encode_once(self.text_encode)
 
 def recovery_counts(acts, concepts: Concepts, probe: np.ndarray | None, min_auroc: float = 0.9, margin: float = 0.1,
                     direction_free: bool = False) -> dict:

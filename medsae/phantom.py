@@ -17,12 +17,12 @@ from scipy import ndimage as ndi
 from .config import CHEXPERT_LABELS
 
 # %% auto #0
-__all__ = ['MU_WATER', 'CANVAS_MM', 'LOBES', 'SIDE_LOBES', 'RIBS', 'STRUCT', 'ROT_LEVELS', 'HEART_LEVELS', 'DMU',
-           'RENDERER_VERSION', 'LESION_RADIUS_MM', 'LESION_DENSITY', 'FRACTURE_GAP_MM', 'FRACTURE_SHIFT_MM', 'DEVICES',
-           'FINDINGS', 'ANNOTATIONS', 'AP_MAGNIFICATION', 'MARKER_HEIGHT', 'Anatomy', 'f_cardiomegaly',
-           'f_enlarged_cardiomediastinum', 'f_lung_opacity', 'f_lung_lesion', 'f_edema', 'f_consolidation',
-           'f_pneumonia', 'f_atelectasis', 'f_pneumothorax', 'f_pleural_effusion', 'f_pleural_other', 'f_fracture',
-           'f_support_devices', 'sample_nuisance', 'render']
+__all__ = ['MU_WATER', 'CANVAS_MM', 'LOBES', 'SIDE_LOBES', 'RIBS', 'STRUCT', 'ROT_LEVELS', 'HEART_LEVELS', 'ANATOMY_CACHE_FORMAT',
+           'DMU', 'RENDERER_VERSION', 'LESION_RADIUS_MM', 'LESION_DENSITY', 'FRACTURE_GAP_MM', 'FRACTURE_SHIFT_MM',
+           'DEVICES', 'FINDINGS', 'ANNOTATIONS', 'AP_MAGNIFICATION', 'MARKER_HEIGHT', 'Anatomy', 'anatomy_cache',
+           'f_cardiomegaly', 'f_enlarged_cardiomediastinum', 'f_lung_opacity', 'f_lung_lesion', 'f_edema',
+           'f_consolidation', 'f_pneumonia', 'f_atelectasis', 'f_pneumothorax', 'f_pleural_effusion', 'f_pleural_other',
+           'f_fracture', 'f_support_devices', 'sample_nuisance', 'render']
 
 # %% ../nbs/11_phantom.ipynb #042830e9
 MU_WATER = 0.020          # 1/mm, about 60-70 keV
@@ -80,15 +80,31 @@ class Anatomy:
         return sum(self.lobe_t[l] for l in SIDE_LOBES[side])
 
     @classmethod
-    def build(cls, size: int = 224, ct_path=None, mask_path=None, verbose: bool = False) -> "Anatomy":
-        import nibabel as nib
+    def build(cls, size: int = 224, ct_path=None, mask_path=None, verbose: bool = False, cache: bool = True) -> "Anatomy":
+        """The anatomy at `size` px from the CT and its segmentation (the shipped ones by default). `cache`: kept
+        in, and read back from, the medsae cache (`anatomy_cache`), under a key of everything that computes it."""
         from medsae.assets import asset_path
+        ct_path, mask_path = ct_path or asset_path("ct"), mask_path or asset_path("ct_mask")
+        f = anatomy_cache(size, ct_path, mask_path) if cache else None
+        if f is not None and f.exists():
+            try: return _read_anatomy(f)
+            except Exception as e:                                    # a damaged entry (torn, not a zip): computed again
+                if verbose: print(f"  cached anatomy {f} unreadable ({e}): computing it")
+        an = cls._compute(size, ct_path, mask_path, verbose)
+        if f is not None:
+            try: _write_anatomy(an, f)
+            except OSError: pass                                      # a read-only cache: nothing kept
+        return an
+
+    @classmethod
+    def _compute(cls, size: int, ct_path, mask_path, verbose: bool = False) -> "Anatomy":
+        import nibabel as nib
         t0 = time.time()
-        ct = nib.load(ct_path or asset_path("ct"))
+        ct = nib.load(ct_path)
         if nib.aff2axcodes(ct.affine) != ("L", "A", "S"):
             raise ValueError(f"expected an LAS-oriented CT, got {nib.aff2axcodes(ct.affine)}")
         hu = np.asarray(ct.dataobj, dtype=np.float32)
-        seg = np.asarray(nib.load(mask_path or asset_path("ct_mask")).dataobj).astype(np.uint8)
+        seg = np.asarray(nib.load(mask_path).dataobj).astype(np.uint8)
         sp = tuple(float(s) for s in ct.header.get_zooms())
         # the body: the largest connected component above -400 HU, holes filled slice by slice (drops the table)
         body = ndi.binary_opening(hu > -400, iterations=2)
@@ -174,6 +190,70 @@ class Anatomy:
         m["body"] = self.body_t > 5
         m["midline"] = float(np.mean([c for c in m["trachea_cols"].values()]))
         return m
+
+# %% ../nbs/11_phantom.ipynb #7d1c3a91
+ANATOMY_CACHE_FORMAT = 1
+"Bump when an entry's layout changes."
+
+def _code_key(*functions) -> str:
+    "A hash of functions' bytecode, names and constants (nested code included; not their line numbers)."
+    import hashlib, types
+    h = hashlib.sha256()
+    def add(c):
+        h.update(c.co_code); h.update(repr((c.co_names, c.co_varnames)).encode())
+        for k in c.co_consts:
+            if isinstance(k, types.CodeType): add(k)
+            else: h.update(repr(sorted(map(repr, k)) if isinstance(k, frozenset) else k).encode())
+    for f in functions: add(getattr(f, "__func__", f).__code__)
+    return h.hexdigest()
+
+def anatomy_cache(size: int, ct_path, mask_path) -> Path:
+    "The cache entry of the anatomy that `Anatomy.build` computes from these inputs (it may not exist yet)."
+    import hashlib, json, platform, nibabel, scipy
+    from medsae.numerics import numerics_state
+    from medsae.provenance import cache_dir, cached_sha256
+    key = dict(format=ANATOMY_CACHE_FORMAT, size=int(size), ct=cached_sha256(ct_path), mask=cached_sha256(mask_path),
+               code=_code_key(Anatomy._compute, Anatomy._landmarks, Anatomy.side_t, _canvas_sampler, _to_canvas,
+                              _scale_about),
+               constants=repr((MU_WATER, CANVAS_MM, LOBES, SIDE_LOBES, RIBS, STRUCT, ROT_LEVELS.tolist(),
+                               HEART_LEVELS.tolist())),
+               versions=(platform.python_version(), np.__version__, scipy.__version__, nibabel.__version__),
+               cpu=numerics_state()["cpu"])
+    return cache_dir() / "anatomy" / f"{size}px-{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:20]}.npz"
+
+def _pack(v, arrays: dict):
+    "`v` as JSON, its arrays moved to `arrays` (by name)."
+    if isinstance(v, np.ndarray):
+        arrays[f"a{len(arrays)}"] = v
+        return {"array": f"a{len(arrays) - 1}"}
+    if isinstance(v, dict): return {"dict": [[k, _pack(x, arrays)] for k, x in v.items()]}
+    if isinstance(v, tuple): return {"tuple": [_pack(x, arrays) for x in v]}
+    if v is None or type(v) in (bool, int, float, str): return v
+    raise TypeError(f"the anatomy cache cannot keep a {type(v).__name__}")
+
+def _unpack(v, arrays):
+    if not isinstance(v, dict): return v
+    (kind, x), = v.items()
+    if kind == "array": return arrays[x]
+    if kind == "dict": return {k: _unpack(y, arrays) for k, y in x}
+    return tuple(_unpack(y, arrays) for y in x)
+
+def _write_anatomy(an: Anatomy, path: Path):
+    import dataclasses, json
+    from medsae.provenance import atomic_path
+    arrays = {}
+    meta = _pack({f.name: getattr(an, f.name) for f in dataclasses.fields(an) if f.name != "build_seconds"}, arrays)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh: np.savez(fh, __meta__=np.array(json.dumps(meta)), **arrays)
+
+def _read_anatomy(path: Path) -> Anatomy:
+    import json
+    t0 = time.time()
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    an = Anatomy(**_unpack(json.loads(str(arrays.pop("__meta__"))), arrays))
+    an.build_seconds = time.time() - t0
+    return an
 
 # %% ../nbs/11_phantom.ipynb #26a583b8
 DMU = MU_WATER - 0.003      # soft tissue or fluid replacing aerated lung, 1/mm

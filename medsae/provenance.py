@@ -26,8 +26,8 @@ from .config import Config, config_to_dict
 
 # %% auto #0
 __all__ = ['KEY_PACKAGES', 'repo_root', 'sha256_file', 'sha256_bytes', 'hash_config', 'atomic_path', 'atomic_write_text',
-           'atomic_write_json', 'package_versions', 'git_state', 'environment_info', 'cached_sha256', 'hash_inputs',
-           'StageRun', 'is_complete', 'finished_stages', 'read_provenance', 'stage_run']
+           'atomic_write_json', 'package_versions', 'git_state', 'environment_info', 'cache_dir', 'cached_sha256',
+           'hash_inputs', 'StageRun', 'is_complete', 'finished_stages', 'read_provenance', 'stage_run']
 
 # %% ../nbs/01_provenance.ipynb #a71def9b
 def repo_root(start: str | Path | None = None) -> Path:
@@ -113,15 +113,16 @@ def environment_info() -> dict:
                 git=git_state(), numerics=numerics_state())
 
 # %% ../nbs/01_provenance.ipynb #795e5bae
-def _hash_cache_path() -> Path:
-    return Path(os.environ.get("MEDSAE_CACHE", Path.home() / ".cache" / "medsae")) / "hashes.json"
+def cache_dir() -> Path:
+    "Where medsae keeps what it can always compute again (file hashes, fetched wheels, the CT's projections): `MEDSAE_CACHE`, else ~/.cache/medsae."
+    return Path(os.environ.get("MEDSAE_CACHE", Path.home() / ".cache" / "medsae"))
 
 def cached_sha256(path: str | Path) -> str:
     "sha256 of a file, cached by absolute path, size and modification time."
     path = Path(path).resolve()
     st = path.stat()
     key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
-    cp = _hash_cache_path()
+    cp = cache_dir() / "hashes.json"
     try: cache = json.loads(cp.read_text())
     except (OSError, ValueError): cache = {}
     if key not in cache:

@@ -232,6 +232,7 @@ def _meta_table(cfg: Config):
 def _name(p, run) -> dict:
     import pandas as pd
     from medsae.activations import ExportedSAE
+    from medsae.controls import encode_once
     from medsae.extract import EmbeddingStore
     from medsae.naming import NameCache, naming_split, naming_stage_run
     from medsae.published_naming import name_raw_units, published_vocabulary_namer, read_phrases
@@ -241,7 +242,7 @@ def _name(p, run) -> dict:
     vocab = read_phrases(cfg.naming.vocabulary_file) if cfg.naming.vocabulary_file else _vocabulary(root)
     raw = EmbeddingStore(L.extract.store).split(naming_split(cfg.naming))[0] if cfg.naming.name_raw else None
     return naming_stage_run(L.activations, root, run.path, cfg.naming, cfg.metric_labels, label_policy(cfg),
-                            text_encode=(lambda t: enc.encode_texts(t).cpu().numpy()) if enc else None,
+                            text_encode=encode_once(lambda t: enc.encode_texts(t).cpu().numpy()) if enc else None,
                             directions=ExportedSAE.load(L.sae.saelens).directions(),
                             vocabulary=vocab, meta_table=_meta_table(cfg), cache_path=L.cache.names,
                             best_units=pd.read_csv(L.evaluate.best_units) if L.evaluate.best_units.exists() else None,

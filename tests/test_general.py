@@ -30,13 +30,15 @@ def test_general_config_on_a_folder(tmp_path):
     from medsae.provenance import is_complete
     from medsae.stages import STAGES, Pipeline
     image_folder(tmp_path / "images")
+    phrases = [f"a {c} {s}" for c in ("red", "green", "blue", "white", "dark") for s in ("circle", "square", "shape", "background")]
+    (tmp_path / "vocabulary.txt").write_text("\n".join(phrases) + "\n")      # a vocabulary of one's own, one per line
     over = [f"data.root={tmp_path / 'images'}", f"run.out_root={tmp_path / 'runs'}", "encoder.weights=null",
             "encoder.random_weights=true", "encoder.device=cpu", "encoder.batch_size=8", "encoder.workers=0",
             "sae.device=cpu", "sae.expansion=1", "sae.epochs=2", "sae.batch_size=8", "sae.checkpoint_every=0",
             "sae.sweep_expansion=[1]", "sae.sweep_l1=[0.00003,0.0003]", "sae.sweep_epochs=1",
             "analyses.linearity_images=8", "analyses.linearity_pairs=3", "naming.min_active=1",
             "naming.eval_units=3", "naming.eval_positive=2", "naming.eval_negative=2", "naming.n_examples=4",
-            "naming.vocabulary_min_count=100"]
+            f"naming.vocabulary_file={tmp_path / 'vocabulary.txt'}"]
     cfg = load_config(ROOT / "configs" / "general.yaml", over)
     p = Pipeline(cfg, tmp_path / "figures", log=lambda *a: None)
     p.until()
@@ -56,7 +58,7 @@ def test_general_config_on_a_folder(tmp_path):
     dead = pd.read_csv(L.evaluate.dead_rates)
     assert len(dead) == 3 and dead.dead.between(0, 1).all()                            # the run's SAE and the sweep's two
     names = pd.read_csv(L.name_stage.names, keep_default_na=False)
-    assert set(names.namer) == {"vocabulary", "vocabulary_published"}
+    assert set(names.namer) == {"vocabulary", "vocabulary_published"} and set(names.concept) <= set(phrases), names.concept
     assert (names[names.namer == "vocabulary_published"].unit_kind == "raw").sum() == 1024
     assert L.score_names.summary.exists()
     page = L.report.results.read_text()

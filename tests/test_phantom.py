@@ -15,7 +15,18 @@ from medsae.phantomcxr import PhantomError, generate_phantom, neutral_nuisance, 
 
 @pytest.fixture(scope="module")
 def an():
-    return Anatomy.build(224)
+    return Anatomy.build(224, cache=False)        # computed: the medsae cache's copy is checked against it below
+
+
+def test_the_cached_anatomy_is_the_computed_one(an):
+    "The anatomy read back from the medsae cache is the computed one: every field, its type, dtype, shape and bits."
+    import dataclasses, pickle
+    from medsae.assets import asset_path
+    from medsae.phantom import _read_anatomy, anatomy_cache
+    Anatomy.build(224)                            # kept in the cache, if it was not there yet
+    back = _read_anatomy(anatomy_cache(224, asset_path("ct"), asset_path("ct_mask")))
+    fields = lambda a: pickle.dumps([getattr(a, f.name) for f in dataclasses.fields(a) if f.name != "build_seconds"])
+    assert fields(back) == fields(an)
 
 
 @pytest.fixture(scope="module")
