@@ -34,9 +34,9 @@ def fingerprint(threads: int = 2) -> dict[str, str]:
     out = dict(encoder=h(*[p for p in model.state_dict().values() if p.is_floating_point()]))
     with torch.no_grad(): out["embeddings"] = h(model.encode_image(normalise_uint8(imgs)))
     words = "the left right small pleural effusion heart is normal in size lungs are clear".split()
-    n = torch.randint(2, 7, (48,), generator=g).tolist()     # many equal lengths: their order decides the batches
+    n = torch.randint(2, 7, (16,), generator=g).tolist()     # many equal lengths: their order decides the batches
     sentences = [" ".join(words[j % len(words)] for j in range(i, i + k)) + "." for i, k in enumerate(n)]
-    out["text"] = h(model.text_model.embed_sentences(sentences, batch_size=8))
+    out["text"] = h(model.text_model.embed_sentences(sentences, batch_size=4))
     x = torch.randn(512, 64, generator=g)
     sae, _ = train_sae(x, SAEConfig(expansion=4, epochs=2, batch_size=64, threads=threads, sweep=False), seed=0,
                        progress=False)
