@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['PAPER', 'PAGE_MAX_COLUMNS', 'PAGE_COLUMNS', 'PAGE_DIGITS', 'REFERENCE', 'SITE_CSS', 'cosine_knn', 'decoder_umap',
-           'latent_colours', 'page_table', 'results_page', 'causal_section', 'report_stage_run', 'reference_figures',
-           'page_with_images', 'render_notebooks', 'build_site', 'show_plotly', 'show_figure', 'unit_table',
-           'run_units', 'entropy_r_figure', 'label_heatmap_figure', 'decoder_map_figure', 'interactive_figures']
+__all__ = ['PAPER', 'PAGE_MAX_COLUMNS', 'PAGE_COLUMNS', 'PAGE_DIGITS', 'REFERENCE', 'SITE_CSS', 'cosine_knn', 'umap_jit_cached',
+           'decoder_umap', 'latent_colours', 'page_table', 'results_page', 'causal_section', 'report_stage_run',
+           'reference_figures', 'page_with_images', 'render_notebooks', 'build_site', 'show_plotly', 'show_figure',
+           'unit_table', 'run_units', 'entropy_r_figure', 'label_heatmap_figure', 'decoder_map_figure',
+           'interactive_figures']
 
 # %% ../nbs/70_report.ipynb #694b5ac3
 PAPER = {
@@ -42,11 +43,23 @@ def cosine_knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     dist, idx = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute").fit(u).kneighbors(u)
     return idx, dist
 
+def umap_jit_cached():
+    """Ask numba to keep umap-learn's compiled functions on disk (`Dispatcher.enable_caching`, next to their source
+    or in numba's user cache). umap-learn does not, so every process compiled them again: 5-11 s of each report stage
+    on 2 cores, whatever the size of the run. The cached machine code is the code numba compiles: the same layout."""
+    import umap.distances, umap.layouts, umap.sparse, umap.umap_, umap.utils
+    from numba.core.caching import NullCache
+    from numba.core.registry import CPUDispatcher
+    for mod in (umap.umap_, umap.layouts, umap.distances, umap.utils, umap.sparse):
+        for f in vars(mod).values():
+            if isinstance(f, CPUDispatcher) and isinstance(f._cache, NullCache): f.enable_caching()
+
 def decoder_umap(directions: np.ndarray, colour: pd.Series, seed: int = 0, n_neighbors: int = 15):
     "A 2-D UMAP of unit-norm decoder directions (cosine metric); points coloured by `colour` (a label or 'none')."
     import warnings
     import matplotlib.pyplot as plt
     import umap
+    umap_jit_cached()
     knn = cosine_knn(directions, n_neighbors)
     with warnings.catch_warnings():             # "no search index, so no transform": none is wanted
         warnings.filterwarnings("ignore", message=".*knn_search_index.*")
