@@ -52,7 +52,9 @@ def umap_jit_cached():
     from numba.core.registry import CPUDispatcher
     for mod in (umap.umap_, umap.layouts, umap.distances, umap.utils, umap.sparse):
         for f in vars(mod).values():
-            if isinstance(f, CPUDispatcher) and isinstance(f._cache, NullCache): f.enable_caching()
+            if isinstance(f, CPUDispatcher) and isinstance(f._cache, NullCache):
+                try: f.enable_caching()
+                except RuntimeError: pass          # nowhere writable to keep it (numba has no locator): compiled in memory
 
 def decoder_umap(directions: np.ndarray, colour: pd.Series, seed: int = 0, n_neighbors: int = 15):
     "A 2-D UMAP of unit-norm decoder directions (cosine metric); points coloured by `colour` (a label or 'none')."
